@@ -1,0 +1,33 @@
+#pragma once
+// The Transport concept: moving bytes between ranks. Collectives
+// (collectives/) are written once over it.
+//
+//   int rank() const, int size() const
+//   void send(int to, message_tag, std::span<const std::byte>)
+//        -- must not wait for the receiver (collectives send, then receive)
+//   void recv(int from, message_tag, std::vector<std::byte>& into)
+//        -- replaces `into` with the next message from `from` (reusing its
+//           capacity); throws transport_error when the deadline passes, the
+//           peer failed, or the message's tag is not the expected one
+//   std::uint64_t bytes_sent() const   -- payload bytes this rank has sent
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+namespace ecopt {
+
+using message_tag = std::uint32_t;
+
+template <class T>
+concept Transport = requires(T& t, const T& ct, int peer, message_tag tag,
+                             std::span<const std::byte> data, std::vector<std::byte>& into) {
+  { ct.rank() } -> std::convertible_to<int>;
+  { ct.size() } -> std::convertible_to<int>;
+  t.send(peer, tag, data);
+  t.recv(peer, tag, into);
+  { ct.bytes_sent() } -> std::convertible_to<std::uint64_t>;
+};
+
+}  // namespace ecopt
