@@ -21,30 +21,42 @@ class bit_reader {
   /// Reads `width` bits (0..64) written by bit_writer::write.
   std::uint64_t read(unsigned width, const char* field) {
     if (width == 0) return 0;
-    if (remaining() < width) {
-      throw decode_error(std::string("payload truncated while reading ") + field + ": needed " +
-                         std::to_string(width) + " bits at bit offset " + std::to_string(pos_) +
-                         ", only " + std::to_string(remaining()) + " left");
+    if (remaining() < width) throw_truncated(width, field);
+    const std::size_t byte = pos_ / 8;
+    const unsigned shift = pos_ % 8;
+    std::uint64_t result = load(byte) >> shift;
+    // A field that straddles the 8 loaded bytes takes its top bits from the next ones.
+    if (shift + width > 64) result |= load(byte + 8) << (64 - shift);
+    pos_ += width;
+    return width == 64 ? result : result & ((std::uint64_t{1} << width) - 1);
+  }
+
+  /// Throws the truncation error for `field` unless `bits` more bits are left.
+  /// Lets a decoder check a fixed-size payload once, before it touches any output.
+  void require(std::uint64_t bits, const char* field) const {
+    if (remaining() < bits) throw_truncated(bits, field);
+  }
+
+  /// Reads float32 values; a byte-aligned run is copied in one go.
+  void read_f32s(std::span<float> out, const char* field) {
+    const std::size_t n = out.size();
+    require(32 * static_cast<std::uint64_t>(n), field);
+    if (pos_ % 8 == 0) {
+      if (n != 0) std::memcpy(out.data(), data_.data() + pos_ / 8, 4 * n);
+      if constexpr (std::endian::native == std::endian::big) {
+        for (float& v : out)
+          v = std::bit_cast<float>(__builtin_bswap32(std::bit_cast<std::uint32_t>(v)));
+      }
+      pos_ += 32 * static_cast<std::uint64_t>(n);
+      return;
     }
-    std::uint64_t result = 0;
-    unsigned got = 0;
-    while (got < width) {
-      const std::size_t byte = pos_ / 8;
-      const unsigned shift = pos_ % 8;
-      // Load up to 8 bytes at once; fall back to the bytes that remain.
-      std::uint64_t word = 0;
-      const std::size_t avail = data_.size() - byte;
-      std::memcpy(&word, data_.data() + byte, avail >= 8 ? 8 : avail);
-      if constexpr (std::endian::native == std::endian::big) word = __builtin_bswap64(word);
-      word >>= shift;
-      const unsigned usable = 64 - shift;
-      const unsigned take = (width - got) < usable ? (width - got) : usable;
-      const std::uint64_t mask = take == 64 ? ~std::uint64_t{0} : ((std::uint64_t{1} << take) - 1);
-      result |= (word & mask) << got;
-      got += take;
-      pos_ += take;
+    std::size_t i = 0;
+    for (; i + 2 <= n; i += 2) {
+      const std::uint64_t w = read(64, field);
+      out[i] = std::bit_cast<float>(static_cast<std::uint32_t>(w));
+      out[i + 1] = std::bit_cast<float>(static_cast<std::uint32_t>(w >> 32));
     }
-    return result;
+    if (i < n) out[i] = read_f32(field);
   }
 
   bool read_bit(const char* field) { return read(1, field) != 0; }
@@ -93,6 +105,26 @@ class bit_reader {
   }
 
  private:
+  // The 8 bytes from `byte` on as a little-endian word, zero past the end.
+  [[nodiscard]] std::uint64_t load(std::size_t byte) const noexcept {
+    std::uint64_t word = 0;
+    const std::size_t avail = data_.size() - byte;
+    if (avail >= 8) {
+      std::memcpy(&word, data_.data() + byte, 8);
+    } else {
+      std::memcpy(&word, data_.data() + byte, avail);
+    }
+    if constexpr (std::endian::native == std::endian::big) word = __builtin_bswap64(word);
+    return word;
+  }
+
+  [[noreturn, gnu::cold, gnu::noinline]] void throw_truncated(std::uint64_t width,
+                                                              const char* field) const {
+    throw decode_error(std::string("payload truncated while reading ") + field + ": needed " +
+                       std::to_string(width) + " bits at bit offset " + std::to_string(pos_) +
+                       ", only " + std::to_string(remaining()) + " left");
+  }
+
   std::span<const std::byte> data_;
   std::uint64_t pos_ = 0;
 };

@@ -39,9 +39,29 @@ class bit_writer {
   void write_u64(std::uint64_t v) { write(v, 64); }
   void write_f32(float v) { write(std::bit_cast<std::uint32_t>(v), 32); }
 
-  /// Appends `count` float32 values; word-aligned runs go straight to memory.
+  /// Appends float32 values. When the payload is byte aligned the values are
+  /// copied as one run of bytes; otherwise they go two per 64-bit write.
   void write_f32s(std::span<const float> values) {
-    for (float v : values) write_f32(v);
+    const std::size_t n = values.size();
+    if (n == 0) return;
+    if (fill_ % 8 == 0) {
+      spill_bytes();
+      const auto* bytes = reinterpret_cast<const std::byte*>(values.data());
+      if constexpr (std::endian::native == std::endian::little) {
+        out_->insert(out_->end(), bytes, bytes + 4 * n);
+      } else {
+        for (float v : values) append_le(std::bit_cast<std::uint32_t>(v), 4);
+      }
+      bits_ += 32 * static_cast<std::uint64_t>(n);
+      return;
+    }
+    std::size_t i = 0;
+    for (; i + 2 <= n; i += 2) {
+      write(std::uint64_t{std::bit_cast<std::uint32_t>(values[i])} |
+                std::uint64_t{std::bit_cast<std::uint32_t>(values[i + 1])} << 32,
+            64);
+    }
+    if (i < n) write_f32(values[i]);
   }
 
   /// Number of payload bits written so far (exact, without padding).
@@ -51,12 +71,7 @@ class bit_writer {
   /// Returns the payload bytes. Writing after finish() is not allowed.
   std::span<const std::byte> finish() {
     const std::size_t tail_bytes = (fill_ + 7) / 8;
-    if (tail_bytes) {
-      const std::size_t at = out_->size();
-      out_->resize(at + tail_bytes);
-      std::uint64_t word = to_little_endian(acc_);
-      std::memcpy(out_->data() + at, &word, tail_bytes);
-    }
+    if (tail_bytes) append_le(acc_, tail_bytes);
     acc_ = 0;
     fill_ = 0;
     return {out_->data(), out_->size()};
@@ -71,11 +86,20 @@ class bit_writer {
     }
     return w;
   }
-  void flush_word(std::uint64_t w) {
-    const std::size_t at = out_->size();
-    out_->resize(at + 8);
+  // Appends the low `count` bytes of `w`, least significant first. Inserting
+  // within the capacity never allocates and, unlike resize, does not zero first.
+  void append_le(std::uint64_t w, std::size_t count) {
+    std::byte bytes[8];
     w = to_little_endian(w);
-    std::memcpy(out_->data() + at, &w, 8);
+    std::memcpy(bytes, &w, 8);
+    out_->insert(out_->end(), bytes, bytes + count);
+  }
+  void flush_word(std::uint64_t w) { append_le(w, 8); }
+  // Moves the whole bytes of the accumulator to the buffer (fill_ % 8 == 0).
+  void spill_bytes() {
+    if (fill_ != 0) append_le(acc_, fill_ / 8);
+    acc_ = 0;
+    fill_ = 0;
   }
 
   std::vector<std::byte>* out_;

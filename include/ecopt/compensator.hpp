@@ -15,25 +15,31 @@
 namespace ecopt {
 
 template <class E, class T>
-concept MakesCompensatorState = requires(const E& e, std::size_t dim) { e.template make_state<T>(dim); };
+concept MakesCompensatorState = requires(const E& e, std::size_t dim) {
+  e.template make_state<T>(dim);
+};
 
 template <class E, class T>
-  requires MakesCompensatorState<E, T>
-using compensator_state_t = decltype(std::declval<const E&>().template make_state<T>(std::size_t{}));
+requires MakesCompensatorState<E, T>
+using compensator_state_t =
+    decltype(std::declval<const E&>().template make_state<T>(std::size_t{}));
 
 template <class E, class T>
 concept CompensatesDirection = MakesCompensatorState<E, T> &&
     requires(const E& e, compensator_state_t<E, T>& s, std::span<const T> g, std::span<T> p,
-             const round_context& ctx) { e.compensate(g, s, p, ctx); };
+             const round_context& ctx) {
+  e.compensate(g, s, p, ctx);
+};
 
 template <class E, class T>
 concept UpdatesMemory = MakesCompensatorState<E, T> &&
     requires(const E& e, compensator_state_t<E, T>& s, std::span<const T> p,
-             std::span<const T> sent, const round_context& ctx) { e.update(p, sent, s, ctx); };
+             std::span<const T> sent, const round_context& ctx) {
+  e.update(p, sent, s, ctx);
+};
 
 template <class E, class T = float>
 concept Compensator = std::floating_point<T> && std::copy_constructible<E> &&
-                      MakesCompensatorState<E, T> && CompensatesDirection<E, T> &&
-                      UpdatesMemory<E, T>;
+    MakesCompensatorState<E, T> && CompensatesDirection<E, T> && UpdatesMemory<E, T>;
 
 }  // namespace ecopt

@@ -17,8 +17,8 @@
 // Optional members, found with `requires`:
 //   std::uint64_t bits(std::size_t dim) const      -- exact payload bits (fixed-size payloads)
 //   double omega(std::size_t dim) const            -- unbiased, E||C(x)-x||^2 <= omega ||x||^2
-//   double delta(std::size_t dim) const            -- contraction, E||C(x)-x||^2 <= (1-delta)||x||^2
-//   bool summable() const, std::size_t summable_size(dim) const,
+//   double delta(std::size_t dim) const            -- contraction, E||C(x)-x||^2 <=
+//   (1-delta)||x||^2 bool summable() const, std::size_t summable_size(dim) const,
 //   encode_summable(x, S&, std::span<float>, ctx), decode_summed(std::span<const float>, S&, out,
 //   scale, ctx) -- payloads that add in compressed form travel by allreduce
 //   void validate() const                          -- throws invalid_argument naming the bad field
@@ -37,10 +37,12 @@
 namespace ecopt {
 
 template <class C, class T>
-concept MakesCompressorState = requires(const C& c, std::size_t dim) { c.template make_state<T>(dim); };
+concept MakesCompressorState = requires(const C& c, std::size_t dim) {
+  c.template make_state<T>(dim);
+};
 
 template <class C, class T>
-  requires MakesCompressorState<C, T>
+requires MakesCompressorState<C, T>
 using compressor_state_t = decltype(std::declval<const C&>().template make_state<T>(std::size_t{}));
 
 template <class C>
@@ -51,17 +53,21 @@ concept BoundsPayloadBits = requires(const C& c, std::size_t dim) {
 template <class C, class T>
 concept EncodesPayload = MakesCompressorState<C, T> &&
     requires(const C& c, compressor_state_t<C, T>& s, std::span<const T> x, bit_writer& out,
-             const round_context& ctx) { c.encode(x, s, out, ctx); };
+             const round_context& ctx) {
+  c.encode(x, s, out, ctx);
+};
 
 template <class C, class T>
 concept DecodesPayload = MakesCompressorState<C, T> &&
     requires(const C& c, compressor_state_t<C, T>& s, bit_reader& in, std::span<T> out, T scale,
-             const round_context& sender) { c.decode_add(in, s, out, scale, sender); };
+             const round_context& sender) {
+  c.decode_add(in, s, out, scale, sender);
+};
 
 template <class C, class T = float>
-concept Compressor = std::floating_point<T> && std::copy_constructible<C> &&
-                     MakesCompressorState<C, T> && BoundsPayloadBits<C> && EncodesPayload<C, T> &&
-                     DecodesPayload<C, T>;
+concept Compressor =
+    std::floating_point<T> && std::copy_constructible<C> && MakesCompressorState<C, T> &&
+    BoundsPayloadBits<C> && EncodesPayload<C, T> && DecodesPayload<C, T>;
 
 /// Payloads of a fixed, data-independent size.
 template <class C>
@@ -83,16 +89,15 @@ concept ContractiveCompressor = requires(const C& c, std::size_t dim) {
 
 /// Payloads that add in compressed form (all ranks' buffers are summed by allreduce).
 template <class C, class T = float>
-concept SummableCompressor =
-    Compressor<C, T> &&
+concept SummableCompressor = Compressor<C, T> &&
     requires(const C& c, compressor_state_t<C, T>& s, std::size_t dim, std::span<const T> x,
              std::span<float> buf, std::span<const float> summed, std::span<T> out, T scale,
              const round_context& ctx) {
-      { c.summable() } -> std::convertible_to<bool>;
-      { c.summable_size(dim) } -> std::convertible_to<std::size_t>;
-      c.encode_summable(x, s, buf, ctx);
-      c.decode_summed(summed, s, out, scale, ctx);
-    };
+  { c.summable() } -> std::convertible_to<bool>;
+  { c.summable_size(dim) } -> std::convertible_to<std::size_t>;
+  c.encode_summable(x, s, buf, ctx);
+  c.decode_summed(summed, s, out, scale, ctx);
+};
 
 /// A policy's display name: its `name` member if it has one.
 template <class Policy>

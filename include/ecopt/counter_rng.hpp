@@ -13,11 +13,11 @@ namespace ecopt {
 
 /// What a random stream is used for; part of the key so streams never collide.
 enum class stream_purpose : std::uint64_t {
-  compression = 1,        ///< a worker's private draws (stochastic rounding)
-  shared_compression = 2, ///< draws every rank makes identically (shared RandK indices)
-  sampling = 3,           ///< minibatch sampling in a problem
-  algorithm = 4,          ///< coins of an algorithm (snapshots, schedules)
-  test = 5,               ///< draws in tests and benchmarks
+  compression = 1,         ///< a worker's private draws (stochastic rounding)
+  shared_compression = 2,  ///< draws every rank makes identically (shared RandK indices)
+  sampling = 3,            ///< minibatch sampling in a problem
+  algorithm = 4,           ///< coins of an algorithm (snapshots, schedules)
+  test = 5,                ///< draws in tests and benchmarks
 };
 
 namespace detail {
@@ -88,4 +88,3 @@ class counter_rng {
 };
 
 }  // namespace ecopt
-

@@ -16,10 +16,12 @@
 namespace ecopt {
 
 template <class O, class T>
-concept MakesOptimizerState = requires(const O& o, std::size_t dim) { o.template make_state<T>(dim); };
+concept MakesOptimizerState = requires(const O& o, std::size_t dim) {
+  o.template make_state<T>(dim);
+};
 
 template <class O, class T>
-  requires MakesOptimizerState<O, T>
+requires MakesOptimizerState<O, T>
 using optimizer_state_t = decltype(std::declval<const O&>().template make_state<T>(std::size_t{}));
 
 template <class O>
@@ -30,10 +32,12 @@ concept HasLearningRate = requires(const O& o, std::uint64_t step) {
 template <class O, class T>
 concept AppliesDirection = MakesOptimizerState<O, T> &&
     requires(const O& o, optimizer_state_t<O, T>& s, std::span<T> x, std::span<const T> direction,
-             const round_context& ctx) { o.apply(x, direction, s, ctx); };
+             const round_context& ctx) {
+  o.apply(x, direction, s, ctx);
+};
 
 template <class O, class T = float>
 concept Optimizer = std::floating_point<T> && std::copy_constructible<O> &&
-                    MakesOptimizerState<O, T> && HasLearningRate<O> && AppliesDirection<O, T>;
+    MakesOptimizerState<O, T> && HasLearningRate<O> && AppliesDirection<O, T>;
 
 }  // namespace ecopt

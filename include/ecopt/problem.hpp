@@ -24,23 +24,24 @@ template <class T>
 using matrix_t = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
 
 template <class P>
-concept HasScalarType = requires { typename P::scalar_type; } &&
-                        std::floating_point<typename P::scalar_type>;
+concept HasScalarType = requires {
+  typename P::scalar_type;
+}
+&&std::floating_point<typename P::scalar_type>;
 
 template <class P>
-  requires HasScalarType<P>
+requires HasScalarType<P>
 using problem_scalar_t = typename P::scalar_type;
 
 template <class P>
-concept Problem =
-    HasScalarType<P> &&
+concept Problem = HasScalarType<P> &&
     requires(P& p, const P& cp, Eigen::Ref<const vector_t<problem_scalar_t<P>>> x,
              Eigen::Ref<vector_t<problem_scalar_t<P>>> g, counter_rng& rng) {
-      { cp.dim() } -> std::convertible_to<std::size_t>;
-      { p.loss(x) } -> std::convertible_to<double>;
-      p.gradient(x, g);
-      p.stochastic_gradient(x, g, rng);
-    };
+  { cp.dim() } -> std::convertible_to<std::size_t>;
+  { p.loss(x) } -> std::convertible_to<double>;
+  p.gradient(x, g);
+  p.stochastic_gradient(x, g, rng);
+};
 
 template <class P>
 concept HasHessian = Problem<P> && requires(P& p, Eigen::Ref<const vector_t<problem_scalar_t<P>>> x,
@@ -49,17 +50,17 @@ concept HasHessian = Problem<P> && requires(P& p, Eigen::Ref<const vector_t<prob
 };
 
 template <class P>
-concept HasHessianVectorProduct =
-    Problem<P> && requires(P& p, Eigen::Ref<const vector_t<problem_scalar_t<P>>> x,
-                           Eigen::Ref<vector_t<problem_scalar_t<P>>> out) {
-      p.hessian_vector(x, x, out);
-    };
+concept HasHessianVectorProduct = Problem<P> &&
+    requires(P& p, Eigen::Ref<const vector_t<problem_scalar_t<P>>> x,
+             Eigen::Ref<vector_t<problem_scalar_t<P>>> out) {
+  p.hessian_vector(x, x, out);
+};
 
 template <class P>
-concept HasHessianDiagonal =
-    Problem<P> && requires(P& p, Eigen::Ref<const vector_t<problem_scalar_t<P>>> x,
-                           Eigen::Ref<vector_t<problem_scalar_t<P>>> out) {
-      p.hessian_diagonal(x, out);
-    };
+concept HasHessianDiagonal = Problem<P> &&
+    requires(P& p, Eigen::Ref<const vector_t<problem_scalar_t<P>>> x,
+             Eigen::Ref<vector_t<problem_scalar_t<P>>> out) {
+  p.hessian_diagonal(x, out);
+};
 
 }  // namespace ecopt

@@ -27,7 +27,9 @@ std::uint64_t ecopt::test::thread_allocations() noexcept { return allocations; }
 
 void* operator new(std::size_t size) { return counted_allocate(size); }
 void* operator new[](std::size_t size) { return counted_allocate(size); }
-void* operator new(std::size_t size, std::align_val_t a) { return counted_allocate_aligned(size, a); }
+void* operator new(std::size_t size, std::align_val_t a) {
+  return counted_allocate_aligned(size, a);
+}
 void* operator new[](std::size_t size, std::align_val_t a) {
   return counted_allocate_aligned(size, a);
 }

@@ -1,0 +1,156 @@
+// The ecopt demo: softmax regression on Fashion-MNIST (60k training and 10k
+// test images, Xiao, Rasul, Vollgraf 2017, arXiv:1708.07747) with four worker
+// threads, comparing dense SGD with top-k 1% + error feedback and with QSGD.
+// It prints a progress line while it runs and a table at the end, and exits
+// non-zero when an acceptance target of the foundation issue is missed.
+//
+//   fashion_mnist [--data DIR] [--workers N] [--steps N] [--batch N] [--lr X] [--seed N]
+#include <Eigen/Core>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ecopt/ecopt.hpp"
+
+namespace {
+
+struct settings {
+  std::filesystem::path data = "/usr/share/datasets/fashion-mnist";
+  int workers = 4;
+  std::uint64_t steps = 10000;
+  std::size_t batch = 64;
+  std::uint64_t seed = 1;
+  double lr = 0.1;
+};
+
+settings parse(int argc, char** argv) {
+  settings s;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw ecopt::invalid_argument(std::string(arg) + " needs a value");
+      return argv[++i];
+    };
+    if (arg == "--data") {
+      s.data = value();
+    } else if (arg == "--workers") {
+      s.workers = std::stoi(value());
+    } else if (arg == "--steps") {
+      s.steps = std::stoull(value());
+    } else if (arg == "--batch") {
+      s.batch = std::stoull(value());
+    } else if (arg == "--lr") {
+      s.lr = std::stod(value());
+    } else if (arg == "--seed") {
+      s.seed = std::stoull(value());
+    } else {
+      throw ecopt::invalid_argument("unknown argument " + std::string(arg) +
+                                    " (known: --data --workers --steps --batch --lr --seed)");
+    }
+  }
+  return s;
+}
+
+struct dataset {
+  Eigen::MatrixXf train_images, test_images;  // 784 x m, one image per column
+  Eigen::VectorXi train_labels, test_labels;
+};
+
+struct row {
+  std::string name;
+  double accuracy = 0;
+  std::uint64_t bits = 0;  // summed over workers, as carried by the transport
+  double seconds = 0;
+  double final_loss = 0;
+};
+
+constexpr int classes = 10;
+
+template <class Solver>
+row train(std::string name, const Solver& solver, const dataset& data, const settings& s) {
+  const auto m = static_cast<std::size_t>(data.train_images.cols());
+  const auto start = std::chrono::steady_clock::now();
+  Eigen::VectorXf model;
+  auto reports = ecopt::run_threads(s.workers, [&](ecopt::thread_transport& t) {
+    const auto shard = ecopt::shard_range(m, t.rank(), t.size());
+    const auto b = static_cast<Eigen::Index>(shard.begin);
+    const auto c = static_cast<Eigen::Index>(shard.count);
+    ecopt::softmax_regression<float> problem(data.train_images.middleCols(b, c),
+                                             data.train_labels.segment(b, c), classes,
+                                             {.l2 = 1e-4, .batch_size = s.batch});
+    Eigen::VectorXf x = Eigen::VectorXf::Zero(static_cast<Eigen::Index>(problem.dim()));
+    const ecopt::print_progress printer{.out = stderr, .label = name};
+    auto report = solver.run(
+        t, problem, x, {.steps = s.steps, .seed = s.seed, .eval_every = s.steps / 10}, printer);
+    if (t.rank() == 0) model = x;
+    return report;
+  });
+  std::fprintf(stderr, "\n");
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return {std::move(name),
+          ecopt::softmax_regression<float>::accuracy(model, data.test_images, data.test_labels,
+                                                     classes, true),
+          reports[0].total_wire_bits(), seconds, reports[0].final_loss()};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  const settings s = parse(argc, argv);
+  std::printf(
+      "ecopt demo: softmax regression on Fashion-MNIST, %d worker threads, %llu steps, "
+      "batch %zu per worker\n",
+      s.workers, static_cast<unsigned long long>(s.steps), s.batch);
+  dataset data;
+  data.train_images = ecopt::load_idx_images<float>(s.data / "train-images-idx3-ubyte.gz");
+  data.train_labels = ecopt::load_idx_labels(s.data / "train-labels-idx1-ubyte.gz");
+  data.test_images = ecopt::load_idx_images<float>(s.data / "t10k-images-idx3-ubyte.gz");
+  data.test_labels = ecopt::load_idx_labels(s.data / "t10k-labels-idx1-ubyte.gz");
+  std::printf("loaded %lld training and %lld test images of %lld pixels\n\n",
+              static_cast<long long>(data.train_images.cols()),
+              static_cast<long long>(data.test_images.cols()),
+              static_cast<long long>(data.train_images.rows()));
+
+  const double lr = s.lr;
+  std::vector<row> rows;
+  rows.push_back(
+      train("dense sgd",
+            ecopt::solver{ecopt::no_compression{}, ecopt::no_compensation{}, ecopt::sgd{.lr = lr}},
+            data, s));
+  rows.push_back(train(
+      "top_k 1% + error feedback",
+      ecopt::solver{ecopt::top_k{.ratio = 0.01}, ecopt::error_feedback{}, ecopt::sgd{.lr = lr}},
+      data, s));
+  rows.push_back(
+      train("qsgd s=4",
+            ecopt::solver{ecopt::qsgd{.levels = 4}, ecopt::no_compensation{}, ecopt::sgd{.lr = lr}},
+            data, s));
+
+  const double dense_bits = static_cast<double>(rows[0].bits);
+  std::printf("\n%-28s %13s %14s %14s %10s %10s\n", "compressor", "test accuracy", "bits sent",
+              "vs dense", "train loss", "wall time");
+  for (const auto& r : rows) {
+    std::printf("%-28s %12.2f%% %14.4g %13.1fx %10.4f %9.1fs\n", r.name.c_str(), 100 * r.accuracy,
+                static_cast<double>(r.bits), dense_bits / static_cast<double>(r.bits), r.final_loss,
+                r.seconds);
+  }
+  std::printf(
+      "\nbits sent: summed over workers, exactly what the transport carried for the "
+      "gradient exchange (values, indices, norms, padding to bytes).\n");
+
+  const bool dense_ok = rows[0].accuracy >= 0.83;
+  const bool topk_ok = rows[1].accuracy >= 0.83;
+  const bool ratio_ok = dense_bits >= 30.0 * static_cast<double>(rows[1].bits);
+  std::printf(
+      "acceptance: dense >= 83%%: %s, top_k+EF >= 83%%: %s, top_k sends >= 30x fewer bits: %s\n",
+      dense_ok ? "yes" : "NO", topk_ok ? "yes" : "NO", ratio_ok ? "yes" : "NO");
+  return dense_ok && topk_ok && ratio_ok ? EXIT_SUCCESS : EXIT_FAILURE;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "fashion_mnist: %s\n", e.what());
+  return EXIT_FAILURE;
+}

@@ -1,0 +1,75 @@
+#pragma once
+// Error feedback (memory): each worker adds what compression dropped last time
+// to its next message, so nothing is lost, only delayed.
+//   p_t = g_t + e_t,   e_{t+1} = p_t - C(p_t)
+// Seide et al. 2014 (1-bit SGD); Stich, Cordonnier, Jaggi 2018, arXiv:1809.07599;
+// Karimireddy et al. 2019, arXiv:1901.09847.
+//
+// The memory is kept in gradient units. With a constant step size this equals
+// the parameter-unit form p = gamma*g + e. When the step size changes, the
+// parameter-unit form is recovered by rescaling e by gamma_old / gamma_new
+// (`rescale_with_lr`, the EF-SGD convention; see shared notes 13.1).
+#include <cstddef>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "ecopt/compensator.hpp"
+#include "ecopt/detail/span_checks.hpp"
+#include "ecopt/error.hpp"
+#include "ecopt/round_context.hpp"
+
+namespace ecopt {
+
+struct error_feedback {
+  static constexpr std::string_view name = "error_feedback";
+
+  /// Rescale the memory when the step size changes (parameter-unit memory).
+  bool rescale_with_lr = true;
+
+  template <class T>
+  struct state {
+    std::vector<T> memory;
+    double last_lr = 0;
+  };
+
+  template <class T>
+  [[nodiscard]] state<T> make_state(std::size_t dim) const {
+    return state<T>{std::vector<T>(dim, T(0)), 0.0};
+  }
+
+  template <class T>
+  void compensate(std::span<const T> g, state<T>& s, std::span<T> p,
+                  const round_context& ctx) const {
+    const std::size_t d = s.memory.size();
+    detail::require_size(name, "direction", g.size(), d);
+    detail::require_size(name, "output", p.size(), d);
+    if (rescale_with_lr && s.last_lr > 0 && ctx.lr > 0 && ctx.lr != s.last_lr) {
+      const T factor = static_cast<T>(s.last_lr / ctx.lr);
+      for (T& e : s.memory) e *= factor;
+    }
+    s.last_lr = ctx.lr;
+    const T* e = s.memory.data();
+    for (std::size_t j = 0; j < d; ++j) p[j] = g[j] + e[j];
+  }
+
+  template <class T>
+  void update(std::span<const T> p, std::span<const T> sent, state<T>& s,
+              const round_context&) const {
+    const std::size_t d = s.memory.size();
+    detail::require_size(name, "compressed input", p.size(), d);
+    detail::require_size(name, "decoded message", sent.size(), d);
+    T* e = s.memory.data();
+    for (std::size_t j = 0; j < d; ++j) e[j] = p[j] - sent[j];
+  }
+
+  /// The current memory (for observers and tests).
+  template <class T>
+  [[nodiscard]] static std::span<const T> memory(const state<T>& s) noexcept {
+    return s.memory;
+  }
+};
+
+static_assert(Compensator<error_feedback, float> && Compensator<error_feedback, double>);
+
+}  // namespace ecopt

@@ -1,0 +1,113 @@
+#pragma once
+// Shared pieces of the compressor tests: which instance of each policy the
+// contracts exercise, random inputs, and a harness that owns a state and a
+// payload buffer reserved for max_bits (so encode/decode never allocate).
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "ecopt/bit_reader.hpp"
+#include "ecopt/bit_writer.hpp"
+#include "ecopt/compressor.hpp"
+#include "ecopt/compressors/all.hpp"
+#include "ecopt/counter_rng.hpp"
+#include "ecopt/round_context.hpp"
+
+namespace ecopt::test {
+
+/// The instance a contract tests: a default-constructed policy unless that is
+/// not informative at the small test dimensions. `randomized` marks policies
+/// whose payload depends on the seed (unbiased ones with omega > 0 are found
+/// without it).
+template <class C>
+struct contract_traits {
+  static C make() { return C{}; }
+  static constexpr bool randomized = false;
+};
+template <>
+struct contract_traits<top_k> {
+  static top_k make() { return top_k{.ratio = 0.1}; }
+  static constexpr bool randomized = false;
+};
+template <>
+struct contract_traits<rand_k> {
+  static rand_k make() { return rand_k{.ratio = 0.1}; }
+  static constexpr bool randomized = true;
+};
+template <>
+struct contract_traits<rand_k_unscaled> {
+  static rand_k_unscaled make() { return rand_k_unscaled{.ratio = 0.1}; }
+  static constexpr bool randomized = true;
+};
+template <>
+struct contract_traits<qsgd> {
+  static qsgd make() { return qsgd{}; }
+  static constexpr bool randomized = true;
+};
+
+/// Standard normal entries from the test stream `seed`.
+template <class T>
+std::vector<T> random_vector(std::size_t d, std::uint64_t seed) {
+  auto rng = counter_rng::stream(seed, stream_purpose::test, 0, 0);
+  std::vector<T> v(d);
+  for (auto& x : v) x = static_cast<T>(rng.normal());
+  return v;
+}
+
+template <class T>
+double squared_norm(std::span<const T> x) {
+  double s = 0;
+  for (const T v : x) s += static_cast<double>(v) * static_cast<double>(v);
+  return s;
+}
+
+template <class T>
+double squared_distance(std::span<const T> a, std::span<const T> b) {
+  double s = 0;
+  for (std::size_t j = 0; j < a.size(); ++j) {
+    const double e = static_cast<double>(a[j]) - static_cast<double>(b[j]);
+    s += e * e;
+  }
+  return s;
+}
+
+/// A compressor with one worker's state and a payload buffer.
+template <class C, class T>
+struct harness {
+  C comp;
+  std::size_t dim;
+  compressor_state_t<C, T> state;
+  std::vector<std::byte> payload;
+  std::uint64_t bits = 0;
+
+  harness(const C& c, std::size_t d) : comp(c), dim(d), state(c.template make_state<T>(d)) {
+    payload.reserve(static_cast<std::size_t>((c.max_bits(d) + 7) / 8));
+  }
+
+  /// Encodes x into `payload`; returns the payload bits.
+  std::uint64_t encode(std::span<const T> x, const round_context& ctx) {
+    bit_writer w(payload);
+    comp.encode(x, state, w, ctx);
+    w.finish();
+    bits = w.bits();
+    return bits;
+  }
+
+  void decode_add(std::span<const std::byte> p, std::span<T> out, T scale,
+                  const round_context& sender) {
+    bit_reader r(p);
+    comp.decode_add(r, state, out, scale, sender);
+  }
+
+  /// C(x) for this context: encode then decode into zeros.
+  std::vector<T> apply(std::span<const T> x, const round_context& ctx) {
+    encode(x, ctx);
+    std::vector<T> out(dim, T(0));
+    decode_add(payload, out, T(1), ctx);
+    return out;
+  }
+};
+
+}  // namespace ecopt::test
