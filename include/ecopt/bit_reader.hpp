@@ -2,6 +2,7 @@
 // Reads the bit fields a bit_writer wrote. Every read names the field it
 // reads, so a truncated or corrupt payload fails with a decode_error that says
 // which field and at which bit offset.
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstddef>
@@ -10,6 +11,7 @@
 #include <span>
 #include <string>
 
+#include "ecopt/detail/bit_lanes.hpp"
 #include "ecopt/error.hpp"
 
 namespace ecopt {
@@ -59,6 +61,104 @@ class bit_reader {
     if (i < n) out[i] = read_f32(field);
   }
 
+  /// Reads out.size() fields of `width` bits each (1 <= width <= 32), as written
+  /// by bit_writer::write_packed or by one write(v, width) per field. The length
+  /// is checked once for the whole run; then a byte or a word of fields is
+  /// spread to its lanes at a time (detail/bit_lanes.hpp).
+  void read_packed(std::span<std::uint32_t> out, unsigned width, const char* field) {
+    const std::size_t n = out.size();
+    require(static_cast<std::uint64_t>(n) * width, field);
+    std::uint32_t* o = out.data();
+    if (width == 0) {
+      std::fill_n(o, n, 0u);
+      return;
+    }
+    if (width <= 8) {  // through bytes, 256 at a time, widened by a loop that vectorises
+      std::uint8_t b[256];
+      for (std::size_t i = 0; i < n; i += 256) {
+        const std::size_t m = std::min<std::size_t>(256, n - i);
+        read_packed(std::span<std::uint8_t>(b, m), width, field);
+        for (std::size_t t = 0; t < m; ++t) o[i + t] = b[t];
+      }
+      return;
+    }
+    const detail::lane_plan plan(width);
+    const unsigned per = plan.fields_per_word();
+    const unsigned lane_bits = plan.lane_bits();
+    const std::uint64_t lane_max = (std::uint64_t{1} << lane_bits) - 1;
+    const unsigned chunk = plan.chunk_bits();
+    const std::uint64_t chunk_mask =
+        chunk == 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << chunk) - 1;
+    std::size_t i = 0;
+    for (; i + per <= n; i += per) {
+      const std::uint64_t x = plan.spread(bits_at(pos_) & chunk_mask);
+      pos_ += chunk;
+      for (unsigned t = 0; t < per; ++t)
+        o[i + t] = static_cast<std::uint32_t>((x >> (t * lane_bits)) & lane_max);
+    }
+    if (i < n) {
+      const auto rest = static_cast<unsigned>(n - i);
+      const std::uint64_t x =
+          plan.spread(bits_at(pos_) & ((std::uint64_t{1} << (rest * width)) - 1));
+      pos_ += static_cast<std::uint64_t>(rest) * width;
+      for (unsigned t = 0; t < rest; ++t)
+        o[i + t] = static_cast<std::uint32_t>((x >> (t * lane_bits)) & lane_max);
+    }
+  }
+
+  /// read_packed into bytes (1 <= width <= 8).
+  void read_packed(std::span<std::uint8_t> out, unsigned width, const char* field) {
+    const std::size_t n = out.size();
+    require(static_cast<std::uint64_t>(n) * width, field);
+    std::uint8_t* o = out.data();
+    if (width == 0) {
+      std::fill_n(o, n, std::uint8_t{0});
+      return;
+    }
+    if (std::endian::native == std::endian::little && 8 % width == 0) {
+      return unpack_bytes(o, n, width);
+    }
+    const detail::lane_plan plan(width);  // 8 fields to a word
+    const unsigned chunk = plan.chunk_bits();
+    const std::uint64_t chunk_mask =
+        chunk == 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << chunk) - 1;
+    std::size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      std::uint64_t x = plan.spread(bits_at(pos_) & chunk_mask);
+      pos_ += chunk;
+      if constexpr (std::endian::native == std::endian::big) x = __builtin_bswap64(x);
+      std::memcpy(o + i, &x, 8);
+    }
+    if (i < n) {
+      const auto rest = static_cast<unsigned>(n - i);
+      const std::uint64_t x =
+          plan.spread(bits_at(pos_) & ((std::uint64_t{1} << (rest * width)) - 1));
+      pos_ += static_cast<std::uint64_t>(rest) * width;
+      for (unsigned t = 0; t < rest; ++t) o[i + t] = static_cast<std::uint8_t>(x >> (8 * t));
+    }
+  }
+
+  /// Reads out.size() 8-bit fields; a byte-aligned run is copied in one go.
+  void read_bytes(std::span<std::uint8_t> out, const char* field) {
+    const std::size_t n = out.size();
+    require(8 * static_cast<std::uint64_t>(n), field);
+    if (pos_ % 8 == 0) {
+      if (n != 0) std::memcpy(out.data(), data_.data() + pos_ / 8, n);
+      pos_ += 8 * static_cast<std::uint64_t>(n);
+      return;
+    }
+    std::size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      const std::uint64_t w = bits_at(pos_);
+      pos_ += 64;
+      for (unsigned t = 0; t < 8; ++t) out[i + t] = static_cast<std::uint8_t>(w >> (8 * t));
+    }
+    for (; i < n; ++i) {
+      out[i] = static_cast<std::uint8_t>(bits_at(pos_));
+      pos_ += 8;
+    }
+  }
+
   bool read_bit(const char* field) { return read(1, field) != 0; }
   std::uint32_t read_u32(const char* field) { return static_cast<std::uint32_t>(read(32, field)); }
   std::uint64_t read_u64(const char* field) { return read(64, field); }
@@ -105,9 +205,50 @@ class bit_reader {
   }
 
  private:
+  // The 64 bits from bit offset p on (zero past the end); no length check.
+  [[nodiscard]] std::uint64_t bits_at(std::uint64_t p) const noexcept {
+    const auto byte = static_cast<std::size_t>(p / 8);
+    const unsigned shift = p % 8;
+    std::uint64_t w = load(byte) >> shift;
+    if (shift != 0) w |= load(byte + 8) << (64 - shift);
+    return w;
+  }
+
+  // Widths 1, 2, 4, 8 (little endian; length already checked): whole bytes of
+  // fields, split pairwise into 16-bit lanes (loops that vectorise) until a
+  // byte holds one field.
+  void unpack_bytes(std::uint8_t* o, std::size_t n, unsigned width) {
+    constexpr std::size_t block = 256;
+    const unsigned per_byte = 8 / width;
+    const std::size_t whole = n / per_byte * per_byte;
+    std::uint8_t a[block];
+    std::uint8_t b[block];
+    std::uint16_t h[block / 2];
+    for (std::size_t i = 0; i < whole; i += block) {
+      const std::size_t m = std::min(block, whole - i);
+      std::size_t units = m / per_byte;
+      std::uint8_t* src = width == 8 ? o + i : a;
+      read_bytes(std::span<std::uint8_t>(src, units), "packed fields");
+      for (unsigned have = 8; have > width; have /= 2) {
+        const unsigned half = have / 2;
+        const auto low = static_cast<std::uint8_t>((1u << half) - 1);
+        for (std::size_t k = 0; k < units; ++k) {
+          h[k] = static_cast<std::uint16_t>((src[k] & low) | (src[k] >> half) << 8);
+        }
+        units *= 2;
+        std::uint8_t* dst = half == width ? o + i : (src == a ? b : a);
+        std::memcpy(dst, h, units);
+        src = dst;
+      }
+    }
+    for (std::size_t i = whole; i < n; ++i)
+      o[i] = static_cast<std::uint8_t>(read(width, "packed fields"));
+  }
+
   // The 8 bytes from `byte` on as a little-endian word, zero past the end.
   [[nodiscard]] std::uint64_t load(std::size_t byte) const noexcept {
     std::uint64_t word = 0;
+    if (byte >= data_.size()) return 0;
     const std::size_t avail = data_.size() - byte;
     if (avail >= 8) {
       std::memcpy(&word, data_.data() + byte, 8);

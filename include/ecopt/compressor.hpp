@@ -21,6 +21,8 @@
 //   (1-delta)||x||^2 bool summable() const, std::size_t summable_size(dim) const,
 //   encode_summable(x, S&, std::span<float>, ctx), decode_summed(std::span<const float>, S&, out,
 //   scale, ctx) -- payloads that add in compressed form travel by allreduce
+//   std::uint64_t aggregate(transport, x, S&, own, sum, collective_workspace&, ctx) const
+//        -- a compressor-owned exchange (see AggregatingCompressor)
 //   void validate() const                          -- throws invalid_argument naming the bad field
 //   static constexpr std::string_view name
 #include <concepts>
@@ -32,6 +34,7 @@
 
 #include "ecopt/bit_reader.hpp"
 #include "ecopt/bit_writer.hpp"
+#include "ecopt/collectives/collective_workspace.hpp"
 #include "ecopt/round_context.hpp"
 
 namespace ecopt {
@@ -97,6 +100,22 @@ concept SummableCompressor = Compressor<C, T> &&
   { c.summable_size(dim) } -> std::convertible_to<std::size_t>;
   c.encode_summable(x, s, buf, ctx);
   c.decode_summed(summed, s, out, scale, ctx);
+};
+
+/// Compressors that run their own exchange instead of one allreduce or
+/// allgather: gTop-k's pairwise merge, Sketched SGD's two rounds, PowerSGD's
+/// two allreduces. Called collectively by every rank in the same round:
+///   own += this rank's contribution as sent (what error feedback subtracts),
+///   sum += the sum over ranks of their contributions (the solver divides by
+///          the world size);
+/// returns the payload bits this rank encoded this round. Bytes on the wire
+/// are counted by the transport, not by the compressor.
+template <class C, class T, class Tr>
+concept AggregatingCompressor = Compressor<C, T> &&
+    requires(const C& c, Tr& transport, std::span<const T> x, compressor_state_t<C, T>& s,
+             std::span<T> own, std::span<T> sum, collective_workspace& workspace,
+             const round_context& ctx) {
+  { c.aggregate(transport, x, s, own, sum, workspace, ctx) } -> std::convertible_to<std::uint64_t>;
 };
 
 /// A policy's display name: its `name` member if it has one.

@@ -3,9 +3,12 @@
 // round per step, composed at compile time.
 //
 //   problem --gradient--> compensator.compensate --> compressor.encode
-//     --> collective (allreduce when the payload sums in compressed form,
-//         otherwise allgather and decode every payload)
+//     --> exchange: the compressor's own `aggregate` when it has one (gTop-k,
+//         Sketched SGD, PowerSGD), else allreduce when the payload sums in
+//         compressed form, else allgather and decode every payload
 //     --> compensator.update(own decoded payload) --> optimizer.apply(mean) --> x
+// Optional compensator hooks: observe_curvature(problem, x) before compensate,
+// reconstruct(mean) -> the direction applied instead of the mean (compensator.hpp).
 //
 // Every rank ends each round with the same aggregate and so the same x: the
 // model itself is never sent (rank 0's x is broadcast once at the start).
@@ -110,6 +113,7 @@ struct solver {
     auto compensator_state = compensator.template make_state<T>(d);
     auto optimizer_state = optimizer.template make_state<T>(d);
     vector_t<T> gradient(d), message(d), own(d), mean(d);
+    vector_t<T> reconstructed(ReconstructsDirection<E, T> ? d : 0);
     std::vector<std::byte> payload;
     payload.reserve(static_cast<std::size_t>((compressor.max_bits(d) + 7) / 8 + 8));
     std::vector<std::vector<std::byte>> gathered(static_cast<std::size_t>(world));
@@ -159,11 +163,18 @@ struct solver {
       problem.stochastic_gradient(x, gradient, sampler);
       if (options.check_finite) detail::require_finite(as_const_span(gradient), rank, step);
 
+      if constexpr (UsesCurvature<E, P>) {
+        compensator.observe_curvature(problem, x, compensator_state, ctx);
+      }
       compensator.compensate(as_const_span(gradient), compensator_state, as_span(message), ctx);
       own.setZero();
       mean.setZero();
       const std::uint64_t sent_before = transport.bytes_sent();
-      if (use_allreduce()) {
+      if constexpr (AggregatingCompressor<C, T, Tr>) {
+        report.payload_bits +=
+            compressor.aggregate(transport, as_const_span(message), compressor_state, as_span(own),
+                                 as_span(mean), workspace, ctx);
+      } else if (use_allreduce()) {
         exchange_summed(transport, compressor_state, message, own, mean, summed, workspace, ctx,
                         report);
       } else {
@@ -173,6 +184,11 @@ struct solver {
       report.wire_bits += 8 * (transport.bytes_sent() - sent_before);
       compensator.update(as_const_span(message), as_const_span(own), compensator_state, ctx);
       mean *= inv_world;
+      if constexpr (ReconstructsDirection<E, T>) {
+        compensator.reconstruct(as_const_span(mean), compensator_state, as_span(reconstructed),
+                                ctx);
+        mean = reconstructed;
+      }
       optimizer.apply(std::span<T>(x.data(), d), as_const_span(mean), optimizer_state, ctx);
 
       info.step = step + 1;

@@ -30,4 +30,14 @@ concept Transport = requires(T& t, const T& ct, int peer, message_tag tag,
   { ct.bytes_sent() } -> std::convertible_to<std::uint64_t>;
 };
 
+/// A Transport that can also take the next message with a tag from whichever
+/// rank sent it first, for parameter-server style algorithms:
+///   int recv_any(message_tag, std::vector<std::byte>& into) -- returns the
+///        sender; throws transport_error like recv, or once every peer is gone
+template <class T>
+concept RecvAnyTransport = Transport<T> &&
+    requires(T& t, message_tag tag, std::vector<std::byte>& into) {
+  { t.recv_any(tag, into) } -> std::convertible_to<int>;
+};
+
 }  // namespace ecopt

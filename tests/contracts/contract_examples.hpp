@@ -32,6 +32,26 @@ struct contract_traits<top_k> {
   static constexpr bool randomized = false;
 };
 template <>
+struct contract_traits<global_top_k> {
+  static global_top_k make() { return global_top_k{.ratio = 0.1}; }
+  static constexpr bool randomized = false;
+};
+template <>
+struct contract_traits<threshold_top_k> {  // the sampled threshold's count varies with the seed
+  static threshold_top_k make() { return threshold_top_k{.ratio = 0.1, .sample_ratio = 0.2}; }
+  static constexpr bool randomized = true;
+};
+template <>
+struct contract_traits<chain<top_k, qsgd>> {
+  static chain<top_k, qsgd> make() { return {.first = {.ratio = 0.1}}; }
+  static constexpr bool randomized = true;
+};
+template <>
+struct contract_traits<chain<top_k, scaled_sign>> {
+  static chain<top_k, scaled_sign> make() { return {.first = {.ratio = 0.1}}; }
+  static constexpr bool randomized = false;
+};
+template <>
 struct contract_traits<rand_k> {
   static rand_k make() { return rand_k{.ratio = 0.1}; }
   static constexpr bool randomized = true;
@@ -39,6 +59,16 @@ struct contract_traits<rand_k> {
 template <>
 struct contract_traits<rand_k_unscaled> {
   static rand_k_unscaled make() { return rand_k_unscaled{.ratio = 0.1}; }
+  static constexpr bool randomized = true;
+};
+template <>
+struct contract_traits<power_sgd> {  // deterministic, but Q is drawn from the seed
+  static power_sgd make() { return power_sgd{}; }
+  static constexpr bool randomized = true;
+};
+template <>
+struct contract_traits<count_sketch> {  // deterministic, but the hashes are drawn from the seed
+  static count_sketch make() { return count_sketch{}; }
   static constexpr bool randomized = true;
 };
 template <>

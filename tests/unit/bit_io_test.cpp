@@ -199,3 +199,132 @@ TEST_CASE("checked reads: finite floats and bounded indices") {
   CHECK(contains(decode_error_message([&] { r.read_index(4, 9, "idx"); }), "idx = 9"));
   CHECK(r.read_index(4, 9, "idx") == 3);
 }
+
+TEST_CASE("packed runs equal one write per field, at every width and alignment") {
+  auto rng = ecopt::counter_rng::stream(11, ecopt::stream_purpose::test, 0, 0);
+  for (unsigned width = 1; width <= 32; ++width) {
+    for (const unsigned offset : {0u, 1u, 7u, 8u, 13u, 63u, 64u, 65u}) {
+      // Lengths around the word and staging boundaries (64 fields, 64 words).
+      for (const std::size_t n :
+           {std::size_t{1}, std::size_t{2}, std::size_t{7}, std::size_t{8}, std::size_t{63},
+            std::size_t{64}, std::size_t{65}, std::size_t{1000}, std::size_t{4097}}) {
+        CAPTURE(width);
+        CAPTURE(offset);
+        CAPTURE(n);
+        std::vector<std::uint32_t> fields(n);
+        for (auto& f : fields) f = static_cast<std::uint32_t>(rng());  // high bits are ignored
+        const std::uint64_t head = rng();
+        std::vector<std::byte> expected_buf;
+        ecopt::bit_writer e(expected_buf);
+        e.write(head, offset > 64 ? 64 : offset);
+        if (offset > 64) e.write(head, offset - 64);
+        for (const auto f : fields) e.write(f, width);
+        e.write(0x5, 3);
+        e.finish();
+
+        std::vector<std::byte> buf;
+        ecopt::bit_writer w(buf);
+        w.write(head, offset > 64 ? 64 : offset);
+        if (offset > 64) w.write(head, offset - 64);
+        w.write_packed(fields, width);
+        w.write(0x5, 3);
+        REQUIRE(w.bits() == offset + n * width + 3);
+        const auto bytes = w.finish();
+        REQUIRE(std::vector<std::byte>(bytes.begin(), bytes.end()) == expected_buf);
+
+        ecopt::bit_reader r(bytes);
+        r.read(offset > 64 ? 64 : offset, "head");
+        if (offset > 64) r.read(offset - 64, "head");
+        std::vector<std::uint32_t> back(n);
+        r.read_packed(back, width, "fields");
+        bool same = true;
+        for (std::size_t i = 0; i < n; ++i) same = same && back[i] == low_bits(fields[i], width);
+        REQUIRE(same);
+        CHECK(r.read(3, "tail") == 0x5);
+        CHECK_NOTHROW(r.expect_end("test"));
+
+        if (width <= 8) {  // the same run from and to bytes
+          std::vector<std::uint8_t> small(n);
+          for (std::size_t i = 0; i < n; ++i) small[i] = static_cast<std::uint8_t>(fields[i]);
+          std::vector<std::byte> buf8;
+          ecopt::bit_writer w8(buf8);
+          w8.write(head, offset > 64 ? 64 : offset);
+          if (offset > 64) w8.write(head, offset - 64);
+          w8.write_packed(small, width);
+          w8.write(0x5, 3);
+          const auto bytes8 = w8.finish();
+          REQUIRE(std::vector<std::byte>(bytes8.begin(), bytes8.end()) == expected_buf);
+          ecopt::bit_reader r8(bytes8);
+          r8.read(offset > 64 ? 64 : offset, "head");
+          if (offset > 64) r8.read(offset - 64, "head");
+          std::vector<std::uint8_t> back8(n);
+          r8.read_packed(back8, width, "fields");
+          bool same8 = true;
+          for (std::size_t i = 0; i < n; ++i)
+            same8 = same8 && back8[i] == low_bits(fields[i], width);
+          REQUIRE(same8);
+          CHECK(r8.read(3, "tail") == 0x5);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("byte runs round trip at every alignment") {
+  auto rng = ecopt::counter_rng::stream(12, ecopt::stream_purpose::test, 0, 0);
+  for (unsigned offset = 0; offset < 17; ++offset) {
+    for (const std::size_t n :
+         {std::size_t{0}, std::size_t{1}, std::size_t{9}, std::size_t{1000}}) {
+      std::vector<std::uint8_t> bytes(n);
+      for (auto& b : bytes) b = static_cast<std::uint8_t>(rng());
+      std::vector<std::byte> buf;
+      ecopt::bit_writer w(buf);
+      w.write(0x1234, offset);
+      w.write_bytes(bytes);
+      w.write(1, 1);
+      const auto payload = w.finish();
+      CHECK(w.bits() == offset + 8 * n + 1);
+      ecopt::bit_reader r(payload);
+      CHECK(r.read(offset, "head") == low_bits(0x1234, offset));
+      std::vector<std::uint8_t> back(n);
+      r.read_bytes(back, "bytes");
+      CHECK(back == bytes);
+      CHECK(r.read(1, "tail") == 1);
+      CHECK_NOTHROW(r.expect_end("test"));
+    }
+  }
+}
+
+TEST_CASE("packed and byte runs check their length once and name the field") {
+  std::vector<std::byte> buf;
+  ecopt::bit_writer w(buf);
+  const std::vector<std::uint32_t> fields(10, 5);
+  w.write_packed(fields, 3);  // 30 bits
+  const auto bytes = w.finish();
+  ecopt::bit_reader r(bytes);
+  std::vector<std::uint32_t> eleven(11);
+  const auto msg = decode_error_message([&] { r.read_packed(eleven, 3, "level"); });
+  CHECK(contains(msg, "level"));
+  CHECK(contains(msg, "needed 33 bits"));
+  CHECK(r.position() == 0);  // nothing consumed
+  std::vector<std::uint8_t> five(5);
+  CHECK(contains(decode_error_message([&] { r.read_bytes(five, "code"); }), "code"));
+  std::vector<std::uint32_t> ten(10);
+  r.read_packed(ten, 3, "level");
+  CHECK(ten == fields);
+}
+
+TEST_CASE("packed runs within the reserved capacity do not allocate") {
+  std::vector<std::uint32_t> fields(5000, 3);
+  std::vector<std::uint8_t> bytes(700, 9);
+  std::vector<std::byte> buf;
+  buf.reserve((1 + 5000 * 5 + 8 * 700 + 7) / 8);
+  { ecopt::bit_writer warm(buf); }
+  ecopt::test::allocation_scope scope;
+  ecopt::bit_writer w(buf);
+  w.write(1, 1);
+  w.write_packed(fields, 5);
+  w.write_bytes(bytes);
+  w.finish();
+  CHECK(scope.count() == 0);
+}

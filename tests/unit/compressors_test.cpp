@@ -125,24 +125,18 @@ TEST_CASE("top_k kept(): ratio rounding, k override and clamping") {
   CHECK(ecopt::top_k{.ratio = 0.1}.delta(1000) == doctest::Approx(0.1));
 }
 
-TEST_CASE("top_k codes indices as fixed width or as a bitmap, whichever is smaller") {
-  // d = 64: 6-bit indices; 10 of them (60 bits) beat the 64-bit bitmap, 11 (66) do not.
-  CHECK_FALSE(ecopt::top_k{.k = 10}.uses_bitmap(64));
-  CHECK(ecopt::top_k{.k = 10}.bits(64) == 32 * 10 + 60);
-  CHECK(ecopt::top_k{.k = 11}.uses_bitmap(64));
-  CHECK(ecopt::top_k{.k = 11}.bits(64) == 32 * 11 + 64);
-  // A tie (100 * 10 bits = 1000) keeps the index list.
-  CHECK_FALSE(ecopt::top_k{.k = 100}.uses_bitmap(1000));
-  CHECK(ecopt::top_k{.k = 100}.bits(1000) == 3200 + 1000);
-  CHECK(ecopt::top_k{.k = 1}.bits(1) == 32);  // one coordinate: no index bits at all
+TEST_CASE("top_k payload: the coded index set, then 32 bits per kept value") {
+  CHECK(ecopt::top_k{.k = 1}.max_bits(1) == 32);  // k = d: the set is implied, no index bits
+  CHECK(ecopt::top_k{.k = 7}.max_bits(7) == 7 * 32);
   for (const std::size_t k : {std::size_t{1}, std::size_t{10}, std::size_t{11}, std::size_t{64}}) {
     CAPTURE(k);
     const ecopt::top_k c{.k = k};
     harness<ecopt::top_k, double> h(c, 64);
     const auto x = random_vector<double>(64, k);
     const auto out = h.apply(x, {});
-    CHECK(h.bits == c.bits(64));
     const auto expected = brute_force_top_k(x, k);
+    CHECK(h.bits == ecopt::detail::exact_index_bits(expected, 64) + 32 * k);
+    CHECK(h.bits <= c.max_bits(64));
     for (const auto j : expected) CHECK(out[j] == static_cast<double>(static_cast<float>(x[j])));
   }
 }
@@ -151,10 +145,11 @@ TEST_CASE("top_k decoder rejects bad index sets") {
   const round_context ctx{};
   std::vector<double> out(50, 0.0);
   {
-    const ecopt::top_k c{.k = 2};  // d = 50: two 6-bit indices
+    const ecopt::top_k c{.k = 2};  // d = 50: tag 0, two 6-bit indices
     auto s = c.make_state<double>(50);
     const auto decode = [&](std::uint64_t i0, std::uint64_t i1, float v = 1.0f) {
       const auto p = handmade([&](ecopt::bit_writer& w) {
+        w.write(0, 2);
         w.write(i0, 6);
         w.write(i1, 6);
         w.write_f32(v);
@@ -173,12 +168,12 @@ TEST_CASE("top_k decoder rejects bad index sets") {
     CHECK_THROWS_AS(decode(1, 2, std::numeric_limits<float>::infinity()), ecopt::decode_error);
   }
   {
-    const ecopt::top_k c{.k = 11};  // d = 64: a bitmap with exactly 11 set bits
-    REQUIRE(c.uses_bitmap(64));
+    const ecopt::top_k c{.k = 11};  // d = 64: tag 3, a bitmap with exactly 11 set bits
     auto s = c.make_state<double>(64);
     std::vector<double> o(64, 0.0);
     const auto decode = [&](std::uint64_t bitmap) {
       const auto p = handmade([&](ecopt::bit_writer& w) {
+        w.write(3, 2);
         w.write(bitmap, 64);
         for (int i = 0; i < 11; ++i) w.write_f32(2.0f);
       });

@@ -17,33 +17,14 @@
 
 #include "ecopt/data/idx.hpp"
 #include "ecopt/error.hpp"
+#include "support/temp_dir.hpp"
 
 namespace {
 
 namespace fs = std::filesystem;
 using bytes = std::vector<unsigned char>;
 
-/// A fresh directory under the system temp directory, removed on destruction.
-class temp_dir {
- public:
-  temp_dir() {
-    static std::atomic<int> counter{0};
-    path_ = fs::temp_directory_path() /
-            ("ecopt_idx_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::create_directories(path_);
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  temp_dir(const temp_dir&) = delete;
-  temp_dir& operator=(const temp_dir&) = delete;
-
-  [[nodiscard]] fs::path file(const std::string& name) const { return path_ / name; }
-
- private:
-  fs::path path_;
-};
+using ecopt::test::temp_dir;
 
 fs::path write_plain(const fs::path& path, const bytes& data) {
   std::ofstream out(path, std::ios::binary);

@@ -158,8 +158,8 @@ TEST_CASE(
 TEST_CASE("bits are counted exactly: payload bits and what the wire carried") {
   const quadratic_fixture f(120);
   constexpr std::uint64_t steps = 25;
-  SUBCASE("gathered payloads: top_k") {
-    const ecopt::top_k c{.ratio = 0.1};
+  SUBCASE("gathered payloads: scaled_sign") {
+    const ecopt::scaled_sign c{};
     const ecopt::solver s{c, ecopt::error_feedback{}, ecopt::sgd{.lr = 0.05}};
     const int world = 3;
     auto reports = ecopt::run_threads(world, [&](ecopt::thread_transport& t) {
@@ -167,8 +167,8 @@ TEST_CASE("bits are counted exactly: payload bits and what the wire carried") {
       Eigen::VectorXd x = Eigen::VectorXd::Zero(120);
       return s.run(t, p, x, {.steps = steps});
     });
-    const std::uint64_t bits = c.bits(120);  // 12 * (32 + 7)
-    CHECK(bits == 12 * (32 + 7));
+    const std::uint64_t bits = c.bits(120);  // one scale, one sign per coordinate
+    CHECK(bits == 32 + 120);
     for (const auto& r : reports) {
       CHECK(r.steps == steps);
       CHECK(r.payload_bits == steps * bits);

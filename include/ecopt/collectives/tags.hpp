@@ -24,6 +24,7 @@ enum class collective_tag : message_tag {
   allgather = collective_tag_base + 0x4000u,
   broadcast = collective_tag_base + 0x5000u,
   barrier = collective_tag_base + 0x6000u,
+  global_top_k = collective_tag_base + 0x7000u,  ///< compressors/global_top_k.hpp's merge
 };
 
 /// The tag of `op` over elements of type V: the type's kind (floating,

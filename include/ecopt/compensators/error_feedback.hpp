@@ -3,12 +3,20 @@
 // to its next message, so nothing is lost, only delayed.
 //   p_t = g_t + e_t,   e_{t+1} = p_t - C(p_t)
 // Seide et al. 2014 (1-bit SGD); Stich, Cordonnier, Jaggi 2018, arXiv:1809.07599;
-// Karimireddy et al. 2019, arXiv:1901.09847.
+// Karimireddy, Rebjock, Stich, Jaggi 2019, arXiv:1901.09847.
 //
-// The memory is kept in gradient units. With a constant step size this equals
-// the parameter-unit form p = gamma*g + e. When the step size changes, the
-// parameter-unit form is recovered by rescaling e by gamma_old / gamma_new
-// (`rescale_with_lr`, the EF-SGD convention; see shared notes 13.1).
+// Two conventions, which agree while the step size is constant:
+//  - EF-SGD (Karimireddy et al.; `ef_sgd`, the default, rescale_with_lr = true):
+//    the memory is in parameter units, p_t = gamma_t g_t + e_t, so what was
+//    dropped is later applied with the step size it was computed for. Stored in
+//    gradient units and rescaled by gamma_old / gamma_new when the step changes
+//    (exact for positively homogeneous compressors, C(a x) = a C(x), a > 0:
+//    top_k, scaled_sign, rand_k).
+//  - classic memory (`classic_error_feedback`, rescale_with_lr = false): the
+//    memory is in gradient units and never rescaled (DGC, PyTorch-style
+//    communication hooks). Under a decaying step, a residual dropped early is
+//    applied later with a smaller step than the one it was computed for.
+// The compensator tests check each convention's conservation law.
 #include <cstddef>
 #include <span>
 #include <string_view>
@@ -24,7 +32,8 @@ namespace ecopt {
 struct error_feedback {
   static constexpr std::string_view name = "error_feedback";
 
-  /// Rescale the memory when the step size changes (parameter-unit memory).
+  /// Rescale the memory by gamma_old / gamma_new when the step size changes:
+  /// true = parameter-unit memory (EF-SGD), false = classic gradient-unit memory.
   bool rescale_with_lr = true;
 
   template <class T>
@@ -69,6 +78,11 @@ struct error_feedback {
     return s.memory;
   }
 };
+
+/// EF-SGD: parameter-unit memory (Karimireddy et al. 2019, arXiv:1901.09847).
+inline constexpr error_feedback ef_sgd{.rescale_with_lr = true};
+/// Classic memory in gradient units, not rescaled when the step size changes.
+inline constexpr error_feedback classic_error_feedback{.rescale_with_lr = false};
 
 static_assert(Compensator<error_feedback, float> && Compensator<error_feedback, double>);
 

@@ -1,0 +1,990 @@
+#pragma once
+// tcp_transport: a Transport over TCP sockets, one process (or thread) per
+// rank, a full mesh of connections (one socket per pair of ranks).
+//
+// Rendezvous (detail/tcp_rendezvous.hpp): from rank 0's address "host:port"
+// (every rank listens on its own ephemeral port and tells rank 0, which sends
+// everyone the table) or from an explicit host list, given in tcp_options or
+// by the environment (tcp_options::from_environment, scripts/ecopt-launch).
+// Handshakes check world size, rank and job token; wrong ones are refused
+// with a reason.
+//
+// Frames (detail/tcp_wire.hpp): a 32-byte header with magic, version, kind,
+// sender, tag, length and CRC-32C checksums of header and payload. Every
+// field is checked, and the length against max_message_bytes before any
+// allocation.
+//
+// Threads: one io thread per transport runs every socket (Boost.Asio).
+//  * send() copies the payload into a pooled buffer, checksums it and queues
+//    it for the peer's link, then returns: it never waits for the receiver or
+//    the network, and the caller may reuse its data at once (the same
+//    contract as thread_transport; zero-copy would need the caller to keep
+//    the data alive until written, which the Transport concept does not ask
+//    of it). The io thread writes each link's queue with scatter/gather
+//    writes (header + payload, up to 8 frames per system call).
+//  * The io thread reads every link all the time, into pooled buffers, and
+//    queues each checked message in the link's inbox; recv() takes it with a
+//    buffer swap, handing its old buffer back to the pool. So a peer's
+//    sends never block on this rank's progress (unbounded buffering, like
+//    thread_transport), ring collectives keep both directions of a link busy,
+//    and after warm-up neither side allocates.
+//
+// Failures: every recv has a deadline (timeout). A closed socket is noticed
+// at once; a peer that failed (its transport was destroyed by an exception:
+// it sends `abort`), crashed (connection closed without `goodbye`) or broke
+// the protocol makes every pending and later recv and send of this rank
+// throw transport_error naming that peer, as in thread_transport; a stalled
+// peer is caught by the deadline. A peer that closed normally fails only the
+// recvs that wait for it. Closing waits (at most timeout) until queued
+// frames are written and every peer has closed too, so no frame is lost.
+//
+// POSIX only (the io thread is woken through a pipe, which keeps send free of
+// allocations). Use one tcp_transport from one thread at a time.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <boost/asio/buffer.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/address.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/write.hpp>
+#include <cerrno>
+#include <charconv>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "ecopt/error.hpp"
+#include "ecopt/transport.hpp"
+#include "ecopt/transports/detail/tcp_rendezvous.hpp"
+#include "ecopt/transports/detail/tcp_wire.hpp"
+
+namespace ecopt {
+
+/// How a tcp_transport finds its peers and how long it waits.
+struct tcp_options {
+  int rank = 0;
+  int world_size = 1;
+  /// Rank 0's address, "host:port": rank 0 listens there, the others connect
+  /// to it. Port 0 lets rank 0 pick a free port; it reports it through
+  /// on_listening, port_file and listen_port().
+  std::string address = "127.0.0.1:0";
+  /// Instead of `address`: every rank's "host:port", indexed by rank (fixed
+  /// ports). Rank r listens on hosts[r] and connects to ranks 0..r-1.
+  std::vector<std::string> hosts{};
+  /// Where ranks other than 0 listen (port chosen by the system) when
+  /// `address` is used. "0.0.0.0" listens everywhere and is advertised as the
+  /// address rank 0 sees.
+  std::string listen_host = "127.0.0.1";
+  /// Ranks of one job share it; handshakes with another token are refused.
+  std::string job_token{};
+  std::chrono::milliseconds timeout{60'000};          ///< longest wait of one recv (and of closing)
+  std::chrono::milliseconds connect_timeout{60'000};  ///< longest rendezvous
+  /// Frames longer than this are refused before anything is allocated for
+  /// them; send() refuses larger messages too.
+  std::uint64_t max_message_bytes = std::uint64_t{1} << 30;
+  /// Rank 0 (world_size > 1): called with the bound port once it listens,
+  /// before it waits for the others (e.g. to share a port-0 address in tests).
+  std::function<void(std::uint16_t)> on_listening{};
+  /// Rank 0 (world_size > 1): if set, the bound port is written to this file
+  /// (atomically, via a temporary file and rename) once it listens.
+  std::string port_file{};
+
+  /// Throws invalid_argument naming the first bad field.
+  void validate() const {
+    auto bad = [](const std::string& what) { return invalid_argument("tcp_options: " + what); };
+    if (world_size < 1) {
+      throw bad("world_size must be at least 1, got " + std::to_string(world_size));
+    }
+    if (rank < 0 || rank >= world_size) {
+      throw bad("rank " + std::to_string(rank) +
+                " is outside [0, world_size = " + std::to_string(world_size) + ")");
+    }
+    if (timeout.count() <= 0) {
+      throw bad("timeout must be positive, got " + std::to_string(timeout.count()) + " ms");
+    }
+    if (connect_timeout.count() <= 0) {
+      throw bad("connect_timeout must be positive, got " + std::to_string(connect_timeout.count()) +
+                " ms");
+    }
+    if (max_message_bytes == 0 || max_message_bytes > (std::uint64_t{1} << 48)) {
+      throw bad("max_message_bytes must be in [1, 2^48], got " + std::to_string(max_message_bytes));
+    }
+    if (!hosts.empty()) {
+      if (hosts.size() != static_cast<std::size_t>(world_size)) {
+        throw bad("hosts lists " + std::to_string(hosts.size()) + " addresses for world_size " +
+                  std::to_string(world_size));
+      }
+      for (std::size_t i = 0; i < hosts.size(); ++i) {
+        const auto a = detail::tcp_wire::parse_host_port(
+            hosts[i], "tcp_options: hosts[" + std::to_string(i) + "]");
+        if (a.port == 0) {
+          throw bad("hosts[" + std::to_string(i) + "] = '" + hosts[i] +
+                    "' has port 0; a host list needs fixed ports");
+        }
+      }
+    } else {
+      (void)detail::tcp_wire::parse_host_port(address, "tcp_options: address");
+    }
+    if (listen_host.empty() || listen_host.size() > detail::tcp_wire::max_host_length) {
+      throw bad("listen_host must be a host name or address, got '" + listen_host + "'");
+    }
+  }
+
+  /// Options from the environment (as set by scripts/ecopt-launch):
+  ///   ECOPT_RANK, ECOPT_WORLD_SIZE  both or neither (neither: a world of one)
+  ///   ECOPT_ADDR          rank 0's host:port, or a comma-separated host list
+  ///   ECOPT_LISTEN_HOST   listen_host;  ECOPT_JOB_TOKEN  job_token
+  ///   ECOPT_TIMEOUT_MS, ECOPT_CONNECT_TIMEOUT_MS, ECOPT_MAX_MESSAGE_BYTES
+  ///   ECOPT_PORT_FILE     port_file (rank 0)
+  /// Throws invalid_argument naming the variable when one is malformed.
+  [[nodiscard]] static tcp_options from_environment() {
+    tcp_options o;
+    const char* rank = std::getenv("ECOPT_RANK");
+    const char* world = std::getenv("ECOPT_WORLD_SIZE");
+    if ((rank == nullptr) != (world == nullptr)) {
+      throw invalid_argument(std::string(rank ? "ECOPT_RANK" : "ECOPT_WORLD_SIZE") +
+                             " is set but " + (rank ? "ECOPT_WORLD_SIZE" : "ECOPT_RANK") +
+                             " is not");
+    }
+    if (rank != nullptr) {
+      o.rank = static_cast<int>(env_integer("ECOPT_RANK", rank, 0, 1 << 24));
+      o.world_size = static_cast<int>(env_integer("ECOPT_WORLD_SIZE", world, 1, 1 << 24));
+    }
+    if (const char* addr = std::getenv("ECOPT_ADDR"); addr != nullptr && *addr != '\0') {
+      const std::string_view text(addr);
+      if (text.find(',') != std::string_view::npos) {
+        std::size_t start = 0;
+        for (;;) {
+          const std::size_t comma = text.find(',', start);
+          o.hosts.emplace_back(text.substr(start, comma - start));
+          if (comma == std::string_view::npos) break;
+          start = comma + 1;
+        }
+      } else {
+        o.address = text;
+      }
+    }
+    if (const char* v = std::getenv("ECOPT_LISTEN_HOST"); v != nullptr && *v != '\0') {
+      o.listen_host = v;
+    }
+    if (const char* v = std::getenv("ECOPT_JOB_TOKEN"); v != nullptr) o.job_token = v;
+    if (const char* v = std::getenv("ECOPT_TIMEOUT_MS"); v != nullptr) {
+      o.timeout = std::chrono::milliseconds(env_integer("ECOPT_TIMEOUT_MS", v, 1, 1ll << 40));
+    }
+    if (const char* v = std::getenv("ECOPT_CONNECT_TIMEOUT_MS"); v != nullptr) {
+      o.connect_timeout =
+          std::chrono::milliseconds(env_integer("ECOPT_CONNECT_TIMEOUT_MS", v, 1, 1ll << 40));
+    }
+    if (const char* v = std::getenv("ECOPT_MAX_MESSAGE_BYTES"); v != nullptr) {
+      o.max_message_bytes =
+          static_cast<std::uint64_t>(env_integer("ECOPT_MAX_MESSAGE_BYTES", v, 1, 1ll << 48));
+    }
+    if (const char* v = std::getenv("ECOPT_PORT_FILE"); v != nullptr) o.port_file = v;
+    try {
+      o.validate();
+    } catch (const invalid_argument& e) {
+      throw invalid_argument(std::string(e.what()) + " (from the ECOPT_* environment)");
+    }
+    return o;
+  }
+
+ private:
+  static long long env_integer(const char* name, const char* text, long long lo, long long hi) {
+    const std::string_view s(text);
+    long long v = 0;
+    const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+    if (s.empty() || ec != std::errc() || end != s.data() + s.size() || v < lo || v > hi) {
+      throw invalid_argument(std::string(name) + "='" + std::string(s) +
+                             "' is not an integer in [" + std::to_string(lo) + ", " +
+                             std::to_string(hi) + "]");
+    }
+    return v;
+  }
+};
+
+namespace detail {
+
+/// A FIFO on a growable circular buffer: pushes reuse slots, so a steady
+/// stream of messages does not allocate (std::deque would, per block).
+template <class T>
+class ring_fifo {
+ public:
+  explicit ring_fifo(std::size_t capacity = 16) : slots_(capacity) {}
+  [[nodiscard]] bool empty() const noexcept { return count_ == 0; }
+  [[nodiscard]] std::size_t size() const noexcept { return count_; }
+  T& front() noexcept { return slots_[head_]; }
+  void pop() noexcept {
+    head_ = (head_ + 1) % slots_.size();
+    --count_;
+  }
+  void push(T&& value) {
+    if (count_ == slots_.size()) {
+      std::vector<T> bigger(2 * slots_.size());
+      for (std::size_t i = 0; i < count_; ++i) {
+        bigger[i] = std::move(slots_[(head_ + i) % slots_.size()]);
+      }
+      slots_.swap(bigger);
+      head_ = 0;
+    }
+    slots_[(head_ + count_) % slots_.size()] = std::move(value);
+    ++count_;
+  }
+
+ private:
+  std::vector<T> slots_;
+  std::size_t head_ = 0;
+  std::size_t count_ = 0;
+};
+
+/// Takes the pooled buffer that fits `size` best (the smallest large enough,
+/// else the largest, which then grows); an empty vector if the pool is empty.
+inline std::vector<std::byte> take_pooled(std::vector<std::vector<std::byte>>& pool,
+                                          std::size_t size) {
+  if (pool.empty()) return {};
+  std::size_t best = pool.size();
+  std::size_t largest = 0;
+  for (std::size_t i = 0; i < pool.size(); ++i) {
+    const std::size_t cap = pool[i].capacity();
+    if (cap >= size && (best == pool.size() || cap < pool[best].capacity())) best = i;
+    if (cap > pool[largest].capacity()) largest = i;
+  }
+  const std::size_t pick = best < pool.size() ? best : largest;
+  std::vector<std::byte> out = std::move(pool[pick]);
+  pool[pick] = std::move(pool.back());
+  pool.pop_back();
+  out.clear();
+  return out;
+}
+
+/// Bytes still to move, without Asio's default cap of 64 KiB per system call.
+struct transfer_rest {
+  std::size_t total;
+  std::size_t operator()(const boost::system::error_code& ec, std::size_t done) const noexcept {
+    return ec ? 0 : total - done;
+  }
+};
+
+/// A buffer sequence over part of an array (Asio copies this, not the array).
+struct const_buffer_range {
+  using value_type = boost::asio::const_buffer;
+  using const_iterator = const boost::asio::const_buffer*;
+  const_iterator first;
+  const_iterator last;
+  [[nodiscard]] const_iterator begin() const noexcept { return first; }
+  [[nodiscard]] const_iterator end() const noexcept { return last; }
+};
+
+inline std::string tcp_tag_text(message_tag tag) {
+  if (tag < 0x10000u) return std::to_string(tag);
+  return tcp_wire::hex32(tag);
+}
+
+}  // namespace detail
+
+/// One rank's endpoint of a TCP world. Construction performs the rendezvous
+/// (blocking up to connect_timeout); destruction says goodbye to every peer.
+class tcp_transport {
+  using tcp = boost::asio::ip::tcp;
+  using error_code = boost::system::error_code;
+
+ public:
+  explicit tcp_transport(const tcp_options& options)
+      : rank_(options.rank),
+        world_(options.world_size),
+        timeout_(options.timeout),
+        max_message_(options.max_message_bytes) {
+    options.validate();
+    if (world_ == 1) return;  // no peers: nothing to connect
+    namespace wire = detail::tcp_wire;
+    const bool directory_mode = options.hosts.empty();
+    const wire::peer_address own =
+        !directory_mode ? wire::parse_host_port(options.hosts[static_cast<std::size_t>(rank_)],
+                                                "tcp_options: hosts")
+        : rank_ == 0    ? wire::parse_host_port(options.address, "tcp_options: address")
+                        : wire::peer_address{options.listen_host, 0};
+
+    tcp::acceptor acceptor(io_);
+    listen(acceptor, own);
+    if (rank_ == 0) announce_port(options);
+
+    detail::tcp_rendezvous_config cfg;
+    cfg.rank = rank_;
+    cfg.world = world_;
+    cfg.token = wire::token_hash(options.job_token);
+    cfg.directory_mode = directory_mode;
+    if (directory_mode) {
+      cfg.table.push_back(wire::parse_host_port(options.address, "tcp_options: address"));
+      error_code ec;
+      const auto a = boost::asio::ip::make_address(options.listen_host, ec);
+      cfg.advertised_host = (!ec && a.is_unspecified()) ? std::string() : options.listen_host;
+    } else {
+      for (const std::string& h : options.hosts) {
+        cfg.table.push_back(wire::parse_host_port(h, "tcp_options: hosts"));
+      }
+    }
+    cfg.listen_port = listen_port_;
+    cfg.budget = options.connect_timeout;
+    cfg.deadline = std::chrono::steady_clock::now() + options.connect_timeout;
+    auto sockets = detail::tcp_rendezvous(io_, acceptor, std::move(cfg)).run();
+
+    links_.resize(static_cast<std::size_t>(world_));
+    for (int j = 0; j < world_; ++j) {
+      if (j != rank_) {
+        links_[static_cast<std::size_t>(j)] =
+            std::make_unique<link>(std::move(*sockets[static_cast<std::size_t>(j)]));
+      }
+    }
+    send_spare_.reserve(4 * static_cast<std::size_t>(world_) + 16);
+    recv_spare_.reserve(4 * static_cast<std::size_t>(world_) + 16);
+
+    int fds[2];
+    if (::pipe(fds) != 0) {
+      throw transport_error(
+          "rank " + std::to_string(rank_) +
+          ": cannot create the io thread's wake-up pipe: " + std::strerror(errno));
+    }
+    wake_write_fd_ = fds[1];
+    ::fcntl(fds[1], F_SETFL, ::fcntl(fds[1], F_GETFL) | O_NONBLOCK);
+    ::fcntl(fds[1], F_SETFD, FD_CLOEXEC);
+    ::fcntl(fds[0], F_SETFD, FD_CLOEXEC);
+    wake_reader_.emplace(io_, fds[0]);
+
+    for (int j = 0; j < world_; ++j) {
+      if (j != rank_) read_header(j);
+    }
+    wait_for_wake();
+    work_.emplace(io_.get_executor());
+    io_thread_ = std::thread([this] { run_io(); });
+  }
+
+  tcp_transport(const tcp_transport&) = delete;
+  tcp_transport& operator=(const tcp_transport&) = delete;
+
+  ~tcp_transport() {
+    if (io_thread_.joinable()) close(std::uncaught_exceptions() > uncaught_at_start_);
+    if (wake_write_fd_ >= 0) ::close(wake_write_fd_);
+  }
+
+  [[nodiscard]] int rank() const noexcept { return rank_; }
+  [[nodiscard]] int size() const noexcept { return world_; }
+  [[nodiscard]] std::chrono::milliseconds timeout() const noexcept { return timeout_; }
+  /// Payload bytes this rank has sent (as thread_transport counts them).
+  [[nodiscard]] std::uint64_t bytes_sent() const noexcept { return bytes_sent_; }
+  /// Bytes of the data frames this rank has sent: payloads plus 32-byte headers.
+  [[nodiscard]] std::uint64_t wire_bytes_sent() const noexcept { return wire_bytes_sent_; }
+  /// The port this rank listened on during the rendezvous (0 in a world of one).
+  [[nodiscard]] std::uint16_t listen_port() const noexcept { return listen_port_; }
+
+  /// Queues a copy of `data` for `to` and returns; never waits for the
+  /// receiver. Throws transport_error once a peer failed or `to` has closed.
+  void send(int to, message_tag tag, std::span<const std::byte> data) {
+    check_peer(to, "send to");
+    if (data.size() > max_message_) {
+      throw invalid_argument("rank " + std::to_string(rank_) + ": a message of " +
+                             std::to_string(data.size()) + " bytes to rank " + std::to_string(to) +
+                             " exceeds max_message_bytes = " + std::to_string(max_message_));
+    }
+    link& l = *links_[static_cast<std::size_t>(to)];
+    if (failed_.load(std::memory_order_acquire) || !l.usable.load(std::memory_order_acquire)) {
+      std::lock_guard lock(inbox_mutex_);
+      const std::string head = "rank " + std::to_string(rank_) + ": cannot send to rank " +
+                               std::to_string(to) + " (tag " + detail::tcp_tag_text(tag) + "): ";
+      if (failed_.load(std::memory_order_relaxed)) throw transport_error(head + failure_);
+      throw transport_error(head + "rank " + std::to_string(to) + " has closed its transport");
+    }
+    enqueue(to, detail::tcp_wire::frame_kind::data, tag, data);
+    bytes_sent_ += data.size();
+    wire_bytes_sent_ += detail::tcp_wire::header_size + data.size();
+  }
+
+  /// Replaces `into` with the next message from `from`, which must carry
+  /// `tag`. Throws transport_error on a tag mismatch, when `from` has closed
+  /// without sending, when any peer failed, or when timeout() passes.
+  void recv(int from, message_tag tag, std::vector<std::byte>& into) {
+    check_peer(from, "recv from");
+    receive(from, tag, into);
+  }
+
+  /// Replaces `into` with the earliest-arrived message carrying `tag` from
+  /// any rank and returns its sender. Only each rank's next message is a
+  /// candidate (per-pair FIFO order holds); messages with other tags stay
+  /// queued. Throws transport_error like recv, or once every peer has closed.
+  int recv_any(message_tag tag, std::vector<std::byte>& into) {
+    if (world_ == 1) {
+      throw invalid_argument("rank 0: recv_any in a world of one rank has no peer to receive from");
+    }
+    return receive(-1, tag, into);
+  }
+
+ private:
+  using frame_kind = detail::tcp_wire::frame_kind;
+  static constexpr std::size_t max_batch = 8;  // frames per gathered write
+
+  enum class link_state : std::uint8_t { open, closed, failed };
+
+  struct outgoing {
+    detail::tcp_wire::header_bytes header{};
+    std::vector<std::byte> payload;
+  };
+
+  struct message {
+    message_tag tag = 0;
+    std::uint64_t sequence = 0;  // arrival order, for recv_any
+    std::vector<std::byte> data;
+  };
+
+  struct link {
+    explicit link(tcp::socket s) : socket(std::move(s)) {}
+    tcp::socket socket;  // io thread only
+    // Send side, guarded by send_mutex_ (inflight: io thread while writing).
+    detail::ring_fifo<outgoing> queue;
+    std::array<outgoing, max_batch> inflight{};
+    std::size_t inflight_count = 0;
+    std::array<boost::asio::const_buffer, 2 * max_batch> write_buffers{};
+    bool writing = false;
+    bool write_dead = false;  // a write failed: the queue is dropped
+    // Receive side, io thread only.
+    detail::tcp_wire::header_bytes header_in{};
+    detail::tcp_wire::frame_header frame{};
+    std::vector<std::byte> body;
+    // Inbox, guarded by inbox_mutex_.
+    detail::ring_fifo<message> messages;
+    link_state state = link_state::open;
+    std::string closed_reason;  // why the link failed
+    // For send(): false once the link is closed or failed.
+    std::atomic<bool> usable{true};
+  };
+
+  // --- construction -----------------------------------------------------------
+
+  void listen(tcp::acceptor& acceptor, const detail::tcp_wire::peer_address& at) {
+    const std::string where = detail::tcp_wire::format_host_port(at.host, at.port);
+    try {
+      tcp::resolver resolver(io_);
+      const auto endpoints =
+          resolver.resolve(at.host, std::to_string(at.port),
+                           tcp::resolver::passive | tcp::resolver::numeric_service);
+      const tcp::endpoint endpoint = endpoints.begin()->endpoint();
+      acceptor.open(endpoint.protocol());
+      acceptor.set_option(tcp::acceptor::reuse_address(true));
+      acceptor.bind(endpoint);
+      acceptor.listen();
+      listen_port_ = acceptor.local_endpoint().port();
+    } catch (const boost::system::system_error& e) {
+      throw transport_error("rank " + std::to_string(rank_) + ": cannot listen on " + where + ": " +
+                            e.code().message());
+    }
+  }
+
+  void announce_port(const tcp_options& options) {
+    if (!options.port_file.empty()) {
+      // Written to a temporary name and renamed, so a reader never sees half a number.
+      const std::string tmp = options.port_file + ".tmp";
+      std::FILE* f = std::fopen(tmp.c_str(), "w");
+      bool ok = f != nullptr;
+      if (ok) {
+        ok = std::fprintf(f, "%u\n", static_cast<unsigned>(listen_port_)) > 0;
+        ok = std::fclose(f) == 0 && ok;
+      }
+      if (!ok || std::rename(tmp.c_str(), options.port_file.c_str()) != 0) {
+        throw transport_error("rank 0: cannot write the port file '" + options.port_file +
+                              "': " + std::strerror(errno));
+      }
+    }
+    if (options.on_listening) options.on_listening(listen_port_);
+  }
+
+  // --- user side --------------------------------------------------------------
+
+  void check_peer(int peer, const char* what) const {
+    if (peer < 0 || peer >= world_) {
+      throw invalid_argument("rank " + std::to_string(rank_) + ": " + what + " rank " +
+                             std::to_string(peer) + " is out of range (world size " +
+                             std::to_string(world_) + ")");
+    }
+    if (peer == rank_) {
+      throw invalid_argument("rank " + std::to_string(rank_) + ": " + what +
+                             " itself is not allowed");
+    }
+  }
+
+  /// Copies `data` into a pooled buffer, frames it and queues it for `to`.
+  void enqueue(int to, frame_kind kind, message_tag tag, std::span<const std::byte> data) {
+    link& l = *links_[static_cast<std::size_t>(to)];
+    outgoing frame;
+    if (!data.empty()) {
+      std::lock_guard lock(send_mutex_);
+      frame.payload = detail::take_pooled(send_spare_, data.size());
+    }
+    frame.payload.assign(data.begin(), data.end());  // within capacity after warm-up
+    frame.header =
+        detail::tcp_wire::make_header(kind, static_cast<std::uint32_t>(rank_), tag, frame.payload);
+    {
+      std::lock_guard lock(send_mutex_);
+      if (l.write_dead) {
+        recycle_send_buffer(std::move(frame.payload));
+        return;
+      }
+      l.queue.push(std::move(frame));
+    }
+    wake();
+  }
+
+  /// Wakes the io thread to look at the send queues; one byte in the pipe
+  /// stands for any number of sends until the io thread has looked.
+  void wake() noexcept {
+    if (!wake_pending_.exchange(true, std::memory_order_acq_rel)) {
+      const char byte = 1;
+      [[maybe_unused]] const auto written = ::write(wake_write_fd_, &byte, 1);
+    }
+  }
+
+  int receive(int from, message_tag tag, std::vector<std::byte>& into) {
+    enum class outcome { received, wrong_tag, world_failed, peer_closed, timed_out };
+    outcome result = outcome::received;
+    int source = from;
+    message_tag actual_tag = tag;
+    std::string failure;
+    {
+      std::unique_lock lock(inbox_mutex_);
+      const auto deadline = std::chrono::steady_clock::now() + timeout_;
+      bool timed_out = false;
+      for (;;) {
+        message* m = nullptr;
+        if (from >= 0) {
+          link& l = *links_[static_cast<std::size_t>(from)];
+          if (!l.messages.empty()) m = &l.messages.front();
+        } else {
+          std::tie(m, source) = earliest_with_tag(tag);
+        }
+        if (m != nullptr) {
+          actual_tag = m->tag;
+          if (actual_tag != tag) {
+            result = outcome::wrong_tag;
+          } else {
+            into.swap(m->data);
+            links_[static_cast<std::size_t>(source)]->messages.pop();
+            // Recycle the caller's old buffer (the pool has room after warm-up).
+            if (m->data.capacity() > 0) recv_spare_.push_back(std::move(m->data));
+          }
+          break;
+        }
+        // The awaited peer's own failure is the most precise report; else
+        // the first failure in the world, as thread_transport reports it.
+        if (from >= 0 && links_[static_cast<std::size_t>(from)]->state == link_state::failed) {
+          result = outcome::world_failed;
+          failure = links_[static_cast<std::size_t>(from)]->closed_reason;
+          break;
+        }
+        if (failed_.load(std::memory_order_relaxed)) {
+          result = outcome::world_failed;
+          failure = failure_;
+          break;
+        }
+        if (peers_closed(from)) {
+          result = outcome::peer_closed;
+          break;
+        }
+        if (timed_out) {
+          result = outcome::timed_out;
+          break;
+        }
+        timed_out = inbox_cv_.wait_until(lock, deadline) == std::cv_status::timeout;
+      }
+    }
+    if (result == outcome::received) return source;
+    const std::string me = "rank " + std::to_string(rank_) + ": ";
+    const std::string peer = from >= 0 ? "rank " + std::to_string(from) : "any rank";
+    const std::string wanted =
+        "a message from " + peer + " (tag " + detail::tcp_tag_text(tag) + ")";
+    switch (result) {
+      case outcome::wrong_tag:
+        throw transport_error(me + "protocol mismatch: expected tag " + detail::tcp_tag_text(tag) +
+                              " from rank " + std::to_string(source) +
+                              " but its next message has tag " + detail::tcp_tag_text(actual_tag));
+      case outcome::world_failed:
+        throw transport_error(me + failure + " (while waiting for " + wanted + ")");
+      case outcome::peer_closed:
+        throw transport_error(me + (from >= 0 ? peer + " has" : "every other rank has") +
+                              " closed its transport without sending " + wanted);
+      case outcome::timed_out:
+      default:
+        throw transport_error(me + "timed out after " + std::to_string(timeout_.count()) +
+                              " ms waiting for " + wanted);
+    }
+  }
+
+  /// Under inbox_mutex_: the earliest-arrived FIFO head carrying `tag`.
+  std::pair<message*, int> earliest_with_tag(message_tag tag) {
+    std::pair<message*, int> best{nullptr, -1};
+    for (int j = 0; j < world_; ++j) {
+      if (j == rank_) continue;
+      link& l = *links_[static_cast<std::size_t>(j)];
+      if (l.messages.empty()) continue;
+      message& m = l.messages.front();
+      if (m.tag != tag) continue;
+      if (best.first == nullptr || m.sequence < best.first->sequence) best = {&m, j};
+    }
+    return best;
+  }
+
+  /// Under inbox_mutex_: has `from` (or, for -1, every peer) closed?
+  [[nodiscard]] bool peers_closed(int from) const {
+    if (from >= 0) return links_[static_cast<std::size_t>(from)]->state != link_state::open;
+    for (int j = 0; j < world_; ++j) {
+      if (j != rank_ && links_[static_cast<std::size_t>(j)]->state == link_state::open)
+        return false;
+    }
+    return true;
+  }
+
+  void recycle_send_buffer(std::vector<std::byte>&& buffer) {
+    if (buffer.capacity() > 0) send_spare_.push_back(std::move(buffer));
+  }
+
+  /// Says goodbye (or abort, while an exception propagates), lets the queued
+  /// frames go out, waits for the peers to close, and stops the io thread.
+  void close(bool failing) noexcept {
+    try {
+      std::string reason = "its transport was destroyed while an exception was propagating";
+      std::vector<bool> tell(static_cast<std::size_t>(world_), false);
+      {
+        std::lock_guard lock(inbox_mutex_);
+        // Pass on the failure this rank saw, if any: peers then learn the root cause.
+        if (failing && failed_.load(std::memory_order_relaxed))
+          reason += "; it had seen: " + failure_;
+        reason.resize(std::min(reason.size(), detail::tcp_wire::max_reason_length));
+        // Peers that said goodbye first still read until ours comes: tell them too.
+        for (int j = 0; j < world_; ++j) {
+          tell[static_cast<std::size_t>(j)] =
+              j != rank_ && links_[static_cast<std::size_t>(j)]->state != link_state::failed;
+        }
+      }
+      for (int j = 0; j < world_; ++j) {
+        if (!tell[static_cast<std::size_t>(j)]) continue;
+        if (failing) {
+          enqueue(j, frame_kind::abort, 0, std::as_bytes(std::span(reason.data(), reason.size())));
+        } else {
+          enqueue(j, frame_kind::goodbye, 0, {});
+        }
+      }
+      const auto deadline = std::chrono::steady_clock::now() + timeout_;
+      {
+        std::unique_lock lock(send_mutex_);
+        flush_cv_.wait_until(lock, deadline, [&] {
+          for (int j = 0; j < world_; ++j) {
+            if (j == rank_) continue;
+            const link& l = *links_[static_cast<std::size_t>(j)];
+            if (!l.write_dead && (l.writing || !l.queue.empty())) return false;
+          }
+          return true;
+        });
+      }
+      {
+        std::unique_lock lock(inbox_mutex_);
+        inbox_cv_.wait_until(lock, deadline, [&] { return peers_closed(-1); });
+      }
+    } catch (...) {
+      // Closing goes on regardless: the sockets close below.
+    }
+    io_.stop();
+    io_thread_.join();
+  }
+
+  // --- io thread --------------------------------------------------------------
+
+  void run_io() noexcept {
+    for (;;) {
+      try {
+        io_.run();
+        return;
+      } catch (const std::exception& e) {
+        fail_all(std::string("internal error in the io thread: ") + e.what());
+      } catch (...) {
+        fail_all("internal error in the io thread");
+      }
+    }
+  }
+
+  void wait_for_wake() {
+    wake_reader_->async_read_some(boost::asio::buffer(wake_buffer_),
+                                  [this](const error_code& ec, std::size_t) {
+                                    if (ec) return;
+                                    // Reset before looking, so a send that comes
+                                    // after the look writes to the pipe again.
+                                    wake_pending_.store(false, std::memory_order_release);
+                                    for (int j = 0; j < world_; ++j) {
+                                      if (j != rank_) start_write(j);
+                                    }
+                                    wait_for_wake();
+                                  });
+  }
+
+  void start_write(int j) {
+    link& l = *links_[static_cast<std::size_t>(j)];
+    std::size_t total = 0;
+    std::size_t buffers = 0;
+    {
+      std::lock_guard lock(send_mutex_);
+      if (l.writing || l.write_dead || l.queue.empty()) return;
+      std::size_t n = 0;
+      while (n < max_batch && !l.queue.empty()) {
+        l.inflight[n++] = std::move(l.queue.front());
+        l.queue.pop();
+      }
+      l.inflight_count = n;
+      l.writing = true;
+      for (std::size_t i = 0; i < n; ++i) {
+        l.write_buffers[buffers++] = boost::asio::buffer(l.inflight[i].header);
+        if (!l.inflight[i].payload.empty()) {
+          l.write_buffers[buffers++] = boost::asio::buffer(l.inflight[i].payload);
+        }
+        total += l.inflight[i].header.size() + l.inflight[i].payload.size();
+      }
+    }
+    boost::asio::async_write(
+        l.socket,
+        detail::const_buffer_range{l.write_buffers.data(), l.write_buffers.data() + buffers},
+        detail::transfer_rest{total},
+        [this, j](const error_code& ec, std::size_t) { on_written(j, ec); });
+  }
+
+  void on_written(int j, const error_code& ec) {
+    link& l = *links_[static_cast<std::size_t>(j)];
+    {
+      std::lock_guard lock(send_mutex_);
+      for (std::size_t i = 0; i < l.inflight_count; ++i) {
+        recycle_send_buffer(std::move(l.inflight[i].payload));
+      }
+      l.inflight_count = 0;
+      l.writing = false;
+      if (ec) {
+        l.write_dead = true;
+        while (!l.queue.empty()) {
+          recycle_send_buffer(std::move(l.queue.front().payload));
+          l.queue.pop();
+        }
+      }
+    }
+    flush_cv_.notify_all();
+    if (ec) {
+      on_link_error(j, ec, "writing to");
+      return;
+    }
+    start_write(j);
+  }
+
+  void read_header(int j) {
+    link& l = *links_[static_cast<std::size_t>(j)];
+    boost::asio::async_read(l.socket, boost::asio::buffer(l.header_in),
+                            [this, j](const error_code& ec, std::size_t) { on_header(j, ec); });
+  }
+
+  void on_header(int j, const error_code& ec) {
+    if (ec) {
+      on_link_error(j, ec, "reading from");
+      return;
+    }
+    link& l = *links_[static_cast<std::size_t>(j)];
+    try {
+      l.frame = detail::tcp_wire::parse_header(l.header_in, max_message_);
+    } catch (const transport_error& e) {
+      on_protocol_error(j, e.what());
+      return;
+    }
+    const detail::tcp_wire::frame_header& h = l.frame;
+    if (h.sender != static_cast<std::uint32_t>(j)) {
+      on_protocol_error(j,
+                        "a frame on its connection names sender rank " + std::to_string(h.sender));
+      return;
+    }
+    switch (h.kind) {
+      case frame_kind::data:
+        break;
+      case frame_kind::goodbye:
+        if (h.length != 0) {
+          on_protocol_error(
+              j, "goodbye frame with a payload of " + std::to_string(h.length) + " bytes");
+          return;
+        }
+        mark_closed(j);
+        return;  // nothing follows a goodbye: stop reading this link
+      case frame_kind::abort:
+        if (h.length > detail::tcp_wire::max_reason_length) {
+          on_protocol_error(j, "abort frame length " + std::to_string(h.length) +
+                                   " bytes exceeds the maximum of " +
+                                   std::to_string(detail::tcp_wire::max_reason_length));
+          return;
+        }
+        break;
+      default:
+        on_protocol_error(j, std::string("unexpected ") + detail::tcp_wire::kind_name(h.kind) +
+                                 " frame after the handshake");
+        return;
+    }
+    const auto length = static_cast<std::size_t>(h.length);
+    if (length > 0) {
+      std::lock_guard lock(inbox_mutex_);
+      l.body = detail::take_pooled(recv_spare_, length);
+    }
+    // Grows (allocates) only while message sizes grow; the length was checked
+    // against max_message_bytes above, before this point. (resize zero-fills
+    // the bytes about to be read: one extra pass, the price of handing out
+    // plain std::vector<std::byte>.)
+    l.body.resize(length);
+    if (length == 0) {
+      on_body(j, error_code());
+      return;
+    }
+    boost::asio::async_read(l.socket, boost::asio::buffer(l.body), detail::transfer_rest{length},
+                            [this, j](const error_code& e, std::size_t) { on_body(j, e); });
+  }
+
+  void on_body(int j, const error_code& ec) {
+    if (ec) {
+      on_link_error(j, ec, "reading from");
+      return;
+    }
+    link& l = *links_[static_cast<std::size_t>(j)];
+    try {
+      detail::tcp_wire::check_payload(l.frame, l.body);
+    } catch (const transport_error& e) {
+      on_protocol_error(j, e.what());
+      return;
+    }
+    if (l.frame.kind == frame_kind::abort) {
+      std::string reason(reinterpret_cast<const char*>(l.body.data()), l.body.size());
+      fail_link(j, "peer rank " + std::to_string(j) + " failed: " + reason);
+      close_socket(j);
+      return;
+    }
+    {
+      std::lock_guard lock(inbox_mutex_);
+      l.messages.push(message{l.frame.tag, arrivals_++, std::move(l.body)});
+    }
+    inbox_cv_.notify_all();
+    read_header(j);
+  }
+
+  void on_link_error(int j, const error_code& ec, const char* during) {
+    if (ec == boost::asio::error::operation_aborted) return;  // this side closed it
+    std::string what;
+    if (ec == boost::asio::error::eof) {
+      what = "rank " + std::to_string(j) +
+             " closed the connection without a goodbye (it exited, crashed or was killed)";
+    } else {
+      what = "connection to rank " + std::to_string(j) + " lost while " + during +
+             " it: " + ec.message();
+    }
+    if (fail_link(j, what)) close_socket(j);
+  }
+
+  void on_protocol_error(int j, const std::string& what) {
+    fail_link(j, "rank " + std::to_string(j) + " broke the frame protocol: " + what);
+    close_socket(j);  // the stream can no longer be trusted
+  }
+
+  void close_socket(int j) {
+    error_code ignored;
+    link& l = *links_[static_cast<std::size_t>(j)];
+    l.socket.shutdown(tcp::socket::shutdown_both, ignored);
+    l.socket.close(ignored);
+  }
+
+  /// Marks link j failed and the world as failed (the first failure is the
+  /// one reported). Returns false if the link was no longer open.
+  bool fail_link(int j, const std::string& what) {
+    link& l = *links_[static_cast<std::size_t>(j)];
+    {
+      std::lock_guard lock(inbox_mutex_);
+      if (l.state != link_state::open) return false;
+      l.state = link_state::failed;
+      l.closed_reason = what;
+      l.usable.store(false, std::memory_order_release);
+      if (!failed_.load(std::memory_order_relaxed)) {
+        failure_ = what;
+        failed_.store(true, std::memory_order_release);
+      }
+    }
+    inbox_cv_.notify_all();
+    return true;
+  }
+
+  void mark_closed(int j) {
+    link& l = *links_[static_cast<std::size_t>(j)];
+    {
+      std::lock_guard lock(inbox_mutex_);
+      if (l.state != link_state::open) return;
+      l.state = link_state::closed;
+      l.usable.store(false, std::memory_order_release);
+    }
+    inbox_cv_.notify_all();
+  }
+
+  void fail_all(const std::string& what) noexcept {
+    try {
+      for (int j = 0; j < world_; ++j) {
+        if (j != rank_) fail_link(j, what);
+      }
+    } catch (...) {
+    }
+  }
+
+  int rank_;
+  int world_;
+  std::chrono::milliseconds timeout_;
+  std::uint64_t max_message_;
+  std::uint64_t bytes_sent_ = 0;
+  std::uint64_t wire_bytes_sent_ = 0;
+  std::uint16_t listen_port_ = 0;
+  int uncaught_at_start_ = std::uncaught_exceptions();
+
+  // Declared before everything that holds sockets, so it is destroyed last.
+  boost::asio::io_context io_{1};
+  std::vector<std::unique_ptr<link>> links_;  // by rank; null for this rank
+  std::optional<boost::asio::posix::stream_descriptor> wake_reader_;
+  int wake_write_fd_ = -1;
+  std::atomic<bool> wake_pending_{false};
+  std::array<char, 64> wake_buffer_{};
+
+  std::mutex send_mutex_;  // send queues, send pool, writing flags
+  std::condition_variable flush_cv_;
+  std::vector<std::vector<std::byte>> send_spare_;
+
+  std::mutex inbox_mutex_;  // inboxes, receive pool, link states, failure
+  std::condition_variable inbox_cv_;
+  std::vector<std::vector<std::byte>> recv_spare_;
+  std::uint64_t arrivals_ = 0;
+  std::atomic<bool> failed_{false};
+  std::string failure_;
+
+  std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> work_;
+  std::thread io_thread_;
+};
+
+static_assert(Transport<tcp_transport>);
+static_assert(RecvAnyTransport<tcp_transport>);
+
+}  // namespace ecopt
