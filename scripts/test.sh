@@ -3,7 +3,8 @@
 # dependencies, then runs the configure+build+test workflow presets
 #   dev   -- -Werror build; unit, contract, static (compile-fail), packaging and example tests
 #   asan  -- AddressSanitizer + UBSan; every test except the static and packaging ones
-#   tsan  -- ThreadSanitizer; same tests as asan
+#   tsan  -- ThreadSanitizer; only the tests that run ranks concurrently (threads,
+#            TCP processes): ECOPT_TEST_CONCURRENCY_ONLY in the preset
 # (see CMakePresets.json). Every workflow runs even when an earlier one
 # failed, so one run shows all failures; the exit code is non-zero if any did.
 # The last line adds up the ctest summaries of the three workflows.

@@ -440,7 +440,11 @@ class tcp_transport {
 
  private:
   using frame_kind = detail::tcp_wire::frame_kind;
-  static constexpr std::size_t max_batch = 8;  // frames per gathered write
+  static constexpr std::size_t max_batch = 8;    // frames per gathered write
+  static constexpr std::size_t min_buffers = 8;  // first growth of a buffer pool
+  // Spare send buffers made in advance get at most this much capacity (they
+  // grow on first use beyond it), so one huge message does not reserve many.
+  static constexpr std::size_t spare_reserve_cap = std::size_t{4} << 20;
 
   enum class link_state : std::uint8_t { open, closed, failed };
 
@@ -534,15 +538,34 @@ class tcp_transport {
   void enqueue(int to, frame_kind kind, message_tag tag, std::span<const std::byte> data) {
     link& l = *links_[static_cast<std::size_t>(to)];
     outgoing frame;
+    std::size_t extra = 0;
     if (!data.empty()) {
       std::lock_guard lock(send_mutex_);
-      frame.payload = detail::take_pooled(send_spare_, data.size());
+      if (!send_spare_.empty()) {
+        frame.payload = detail::take_pooled(send_spare_, data.size());
+      } else {
+        // Every buffer is queued or being written. How many that is depends
+        // on the io thread's timing, so make several at once (at least
+        // min_buffers, then doubling, as thread_transport does): a later,
+        // slightly higher peak still finds a spare, and memory stays within
+        // twice the peak.
+        const std::size_t target = std::max(2 * send_buffers_ + 1, min_buffers);
+        extra = target - send_buffers_ - 1;
+        send_buffers_ = target;
+      }
     }
+    // Allocate and copy outside the lock: the io thread recycles buffers meanwhile.
+    std::vector<std::vector<std::byte>> extras(extra);
+    for (auto& e : extras) e.reserve(std::min(data.size(), spare_reserve_cap));
     frame.payload.assign(data.begin(), data.end());  // within capacity after warm-up
     frame.header =
         detail::tcp_wire::make_header(kind, static_cast<std::uint32_t>(rank_), tag, frame.payload);
     {
       std::lock_guard lock(send_mutex_);
+      if (extra > 0) {
+        if (send_spare_.capacity() < send_buffers_) send_spare_.reserve(2 * send_buffers_);
+        for (auto& e : extras) send_spare_.push_back(std::move(e));
+      }
       if (l.write_dead) {
         recycle_send_buffer(std::move(frame.payload));
         return;
@@ -586,8 +609,12 @@ class tcp_transport {
           } else {
             into.swap(m->data);
             links_[static_cast<std::size_t>(source)]->messages.pop();
-            // Recycle the caller's old buffer (the pool has room after warm-up).
-            if (m->data.capacity() > 0) recv_spare_.push_back(std::move(m->data));
+            // Recycle the caller's old buffer. The pool has room for every
+            // buffer the io thread made; a buffer the caller brought in
+            // beyond that is freed here rather than grow the pool.
+            if (m->data.capacity() > 0 && recv_spare_.size() < recv_spare_.capacity()) {
+              recv_spare_.push_back(std::move(m->data));
+            }
           }
           break;
         }
@@ -847,7 +874,13 @@ class tcp_transport {
     const auto length = static_cast<std::size_t>(h.length);
     if (length > 0) {
       std::lock_guard lock(inbox_mutex_);
-      l.body = detail::take_pooled(recv_spare_, length);
+      if (!recv_spare_.empty()) {
+        l.body = detail::take_pooled(recv_spare_, length);
+      } else if (recv_spare_.capacity() < ++recv_buffers_ + min_buffers) {
+        // A new buffer (made below): keep room in the pool for all of them,
+        // so that recv's push never reallocates on the caller's thread.
+        recv_spare_.reserve(2 * recv_buffers_ + min_buffers);
+      }
     }
     // Grows (allocates) only while message sizes grow; the length was checked
     // against max_message_bytes above, before this point. (resize zero-fills
@@ -972,10 +1005,12 @@ class tcp_transport {
   std::mutex send_mutex_;  // send queues, send pool, writing flags
   std::condition_variable flush_cv_;
   std::vector<std::vector<std::byte>> send_spare_;
+  std::size_t send_buffers_ = 0;  // send buffers made so far
 
   std::mutex inbox_mutex_;  // inboxes, receive pool, link states, failure
   std::condition_variable inbox_cv_;
   std::vector<std::vector<std::byte>> recv_spare_;
+  std::size_t recv_buffers_ = 0;  // receive buffers made by the io thread so far
   std::uint64_t arrivals_ = 0;
   std::atomic<bool> failed_{false};
   std::string failure_;
