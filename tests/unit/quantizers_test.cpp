@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "contracts/contract_examples.hpp"
 #include "ecopt/bit_reader.hpp"
 #include "ecopt/bit_writer.hpp"
 #include "ecopt/compressor.hpp"
@@ -32,62 +33,10 @@ namespace {
 
 using ecopt::round_context;
 
-template <class T>
-std::vector<T> gaussian(std::size_t d, std::uint64_t seed) {
-  auto rng = ecopt::counter_rng::stream(seed, ecopt::stream_purpose::test, 0, 0);
-  std::vector<T> v(d);
-  for (auto& x : v) x = static_cast<T>(rng.normal());
-  return v;
-}
-
-template <class T>
-double norm2(std::span<const T> x) {
-  double s = 0;
-  for (const T v : x) s += static_cast<double>(v) * static_cast<double>(v);
-  return s;
-}
-
-template <class T>
-double dist2(std::span<const T> a, std::span<const T> b) {
-  double s = 0;
-  for (std::size_t j = 0; j < a.size(); ++j) {
-    const double e = static_cast<double>(a[j]) - static_cast<double>(b[j]);
-    s += e * e;
-  }
-  return s;
-}
-
-/// One worker's state and payload buffer for a compressor.
-template <class C, class T>
-struct rig {
-  C comp;
-  std::size_t dim;
-  ecopt::compressor_state_t<C, T> state;
-  std::vector<std::byte> payload;
-  std::uint64_t bits = 0;
-
-  rig(const C& c, std::size_t d) : comp(c), dim(d), state(c.template make_state<T>(d)) {
-    payload.reserve(static_cast<std::size_t>((c.max_bits(d) + 7) / 8));
-  }
-  std::uint64_t encode(std::span<const T> x, const round_context& ctx) {
-    ecopt::bit_writer w(payload);
-    comp.encode(x, state, w, ctx);
-    w.finish();
-    bits = w.bits();
-    return bits;
-  }
-  void decode_add(std::span<const std::byte> p, std::span<T> out, T scale,
-                  const round_context& ctx) {
-    ecopt::bit_reader r(p);
-    comp.decode_add(r, state, out, scale, ctx);
-  }
-  std::vector<T> apply(std::span<const T> x, const round_context& ctx) {
-    encode(x, ctx);
-    std::vector<T> out(dim, T(0));
-    decode_add(payload, out, T(1), ctx);
-    return out;
-  }
-};
+using ecopt::test::harness;
+using ecopt::test::random_vector;
+using ecopt::test::squared_distance;
+using ecopt::test::squared_norm;
 
 template <class F>
 std::vector<std::byte> handmade(F&& f) {
@@ -120,13 +69,13 @@ template <class C, class T>
 void check_unbiased(const C& c, std::span<const T> x, double omega, std::size_t rounds,
                     const std::vector<double>& sd_bound) {
   const std::size_t d = x.size();
-  rig<C, T> h(c, d);
+  harness<C, T> h(c, d);
   std::vector<double> mean(d, 0.0);
   std::vector<double> errs;
   for (std::uint64_t t = 0; t < rounds; ++t) {
     const auto cx = h.apply(x, {.seed = 99, .round = t, .rank = 1, .world = 2, .lr = 0.1});
     for (std::size_t j = 0; j < d; ++j) mean[j] += static_cast<double>(cx[j]);
-    errs.push_back(dist2<T>(cx, x));
+    errs.push_back(squared_distance<T>(cx, x));
   }
   bool unbiased = true;
   for (std::size_t j = 0; j < d; ++j) {
@@ -145,7 +94,7 @@ void check_unbiased(const C& c, std::span<const T> x, double omega, std::size_t 
   for (const double e : errs) e_mean += e / static_cast<double>(rounds);
   double e_var = 0;
   for (const double e : errs) e_var += (e - e_mean) * (e - e_mean) / static_cast<double>(rounds);
-  const double xx = norm2<T>(x);
+  const double xx = squared_norm<T>(x);
   CHECK(e_mean <= omega * xx + 6 * std::sqrt(e_var / static_cast<double>(rounds)) + 1e-12 * xx);
 }
 
@@ -166,13 +115,13 @@ TEST_CASE("qsgd: unbiased within omega on the float, double and tiny-norm paths"
     CAPTURE(c.magnitude);
     const ecopt::qsgd q{.levels = c.s, .bucket_size = c.bucket};
     constexpr std::size_t d = 48;
-    auto x = gaussian<float>(d, 5);
+    auto x = random_vector<float>(d, 5);
     for (auto& v : x) v = static_cast<float>(v * c.magnitude);
     std::vector<double> sd(d);
     const std::size_t b = q.bucket(d);
     for (std::size_t j = 0; j < d; ++j) {
       const auto xb = std::span<const float>(x).subspan(j / b * b, std::min(b, d - j / b * b));
-      sd[j] = std::sqrt(norm2<float>(xb)) / (2.0 * c.s);  // a rounding step is norm / s
+      sd[j] = std::sqrt(squared_norm<float>(xb)) / (2.0 * c.s);  // a rounding step is norm / s
     }
     check_unbiased(q, std::span<const float>(x), q.omega(d), 3000, sd);
   }
@@ -189,10 +138,10 @@ TEST_CASE("qsgd: float and double inputs of the same values give the same payloa
         CAPTURE(bucket);
         CAPTURE(d);
         const ecopt::qsgd q{.levels = s, .bucket_size = bucket};
-        const auto xf = gaussian<float>(d, 6);
+        const auto xf = random_vector<float>(d, 6);
         const std::vector<double> xd(xf.begin(), xf.end());
-        rig<ecopt::qsgd, float> f(q, d);
-        rig<ecopt::qsgd, double> g(q, d);
+        harness<ecopt::qsgd, float> f(q, d);
+        harness<ecopt::qsgd, double> g(q, d);
         const round_context ctx{.seed = 3, .round = 9};
         CHECK(f.encode(xf, ctx) == q.bits(d));
         g.encode(xd, ctx);
@@ -204,28 +153,28 @@ TEST_CASE("qsgd: float and double inputs of the same values give the same payloa
 
 TEST_CASE("terngrad and natural: float and double inputs of the same values agree") {
   constexpr std::size_t d = 1000;
-  auto xf = gaussian<float>(d, 16);
+  auto xf = random_vector<float>(d, 16);
   xf[5] = 1e-40f;  // a subnormal for natural's special codes
   xf[6] = 0.0f;
   const std::vector<double> xd(xf.begin(), xf.end());
   const round_context ctx{.seed = 8, .round = 1};
   for (const std::size_t bucket : {std::size_t{0}, std::size_t{64}, std::size_t{333}}) {
     CAPTURE(bucket);
-    rig<ecopt::terngrad, float> f(ecopt::terngrad{.bucket_size = bucket}, d);
-    rig<ecopt::terngrad, double> g(ecopt::terngrad{.bucket_size = bucket}, d);
+    harness<ecopt::terngrad, float> f(ecopt::terngrad{.bucket_size = bucket}, d);
+    harness<ecopt::terngrad, double> g(ecopt::terngrad{.bucket_size = bucket}, d);
     f.encode(xf, ctx);
     g.encode(xd, ctx);
     CHECK(f.payload == g.payload);
   }
-  rig<ecopt::natural, float> f(ecopt::natural{}, d);
-  rig<ecopt::natural, double> g(ecopt::natural{}, d);
+  harness<ecopt::natural, float> f(ecopt::natural{}, d);
+  harness<ecopt::natural, double> g(ecopt::natural{}, d);
   f.encode(xf, ctx);
   g.encode(xd, ctx);
   CHECK(f.payload == g.payload);
 }
 
 TEST_CASE("qsgd: a single coordinate is its own norm; zero buckets send level 0") {
-  rig<ecopt::qsgd, float> h(ecopt::qsgd{.levels = 3, .bucket_size = 2}, 5);
+  harness<ecopt::qsgd, float> h(ecopt::qsgd{.levels = 3, .bucket_size = 2}, 5);
   const std::vector<float> x{0.0f, -0.0f, -2.5f, 0.0f, 7.0f};
   const auto out = h.apply(x, {});
   CHECK(out == std::vector<float>{0.0f, 0.0f, -2.5f, 0.0f, 7.0f});
@@ -243,8 +192,8 @@ TEST_CASE("terngrad: exact size for every d mod 5, bucket scales and ternary val
       const ecopt::terngrad t{.bucket_size = bucket};
       const std::uint64_t tail[] = {0, 2, 4, 5, 7};
       CHECK(t.bits(d) == 32 * t.num_buckets(d) + 8 * (d / 5) + tail[d % 5]);
-      rig<ecopt::terngrad, double> h(t, d);
-      const auto x = gaussian<double>(d, d);
+      harness<ecopt::terngrad, double> h(t, d);
+      const auto x = random_vector<double>(d, d);
       const auto out = h.apply(x, {.seed = 1, .round = d});
       CHECK(h.bits == t.bits(d));
       CHECK(h.payload.size() == (h.bits + 7) / 8);
@@ -270,7 +219,7 @@ TEST_CASE("terngrad: unbiased, and omega = (sqrt(b) - 1) / 2 is reached by its w
     CAPTURE(bucket);
     const ecopt::terngrad t{.bucket_size = bucket};
     constexpr std::size_t d = 81;
-    const auto x = gaussian<float>(d, 7);
+    const auto x = random_vector<float>(d, 7);
     std::vector<double> sd(d);
     const std::size_t b = t.bucket(d);
     for (std::size_t j = 0; j < d; ++j) {
@@ -286,13 +235,13 @@ TEST_CASE("terngrad: unbiased, and omega = (sqrt(b) - 1) / 2 is reached by its w
   std::vector<double> worst(b, 1.0 / (1.0 + 8.0));
   worst[17] = -1.0;
   const ecopt::terngrad t{};
-  const double xx = norm2<double>(worst);
-  rig<ecopt::terngrad, double> h(t, b);
+  const double xx = squared_norm<double>(worst);
+  harness<ecopt::terngrad, double> h(t, b);
   double e = 0;
   constexpr std::size_t rounds = 4000;
   for (std::uint64_t r = 0; r < rounds; ++r) {
     const auto cx = h.apply(worst, {.seed = 5, .round = r});
-    e += dist2<double>(cx, worst) / rounds;
+    e += squared_distance<double>(cx, worst) / rounds;
   }
   // Each draw's error is a sum of b - 1 independent terms in {t^2, (1 - t)^2}
   // with t = 1/9; its sd is below sqrt(b) (1 - t)^2 / 2 < 4.
@@ -301,7 +250,7 @@ TEST_CASE("terngrad: unbiased, and omega = (sqrt(b) - 1) / 2 is reached by its w
 }
 
 TEST_CASE("terngrad: zero buckets, huge values and non-finite input") {
-  rig<ecopt::terngrad, float> h(ecopt::terngrad{.bucket_size = 3}, 9);
+  harness<ecopt::terngrad, float> h(ecopt::terngrad{.bucket_size = 3}, 9);
   const std::vector<float> x{0, 0, 0, 1, -1, 1, 3e38f, -3e38f, 0};
   const auto out = h.apply(x, {.seed = 2});
   CHECK(out == x);  // |x| = scale everywhere (or 0): exact
@@ -312,7 +261,7 @@ TEST_CASE("terngrad: zero buckets, huge values and non-finite input") {
   CHECK_THROWS_AS(h.encode(bad, {}), ecopt::numeric_error);
   bad[4] = std::numeric_limits<float>::infinity();
   CHECK_THROWS_AS(h.encode(bad, {}), ecopt::numeric_error);
-  rig<ecopt::terngrad, double> g(ecopt::terngrad{}, 2);
+  harness<ecopt::terngrad, double> g(ecopt::terngrad{}, 2);
   const std::vector<double> huge{1e300, 1.0};
   CHECK_THROWS_AS(g.encode(huge, {}), ecopt::numeric_error);
 }
@@ -343,7 +292,7 @@ TEST_CASE("terngrad decoder rejects bad trit bytes, bad tails and bad scales") {
 
 TEST_CASE("natural: each value goes to a neighbouring power of two, unbiased, omega 1/8") {
   constexpr std::size_t d = 40;
-  auto x = gaussian<float>(d, 8);
+  auto x = random_vector<float>(d, 8);
   x[3] = 0.0f;
   x[4] = -0.0f;
   x[5] = 4.0f;              // a power of two is sent exactly
@@ -351,7 +300,7 @@ TEST_CASE("natural: each value goes to a neighbouring power of two, unbiased, om
   x[7] = 1e-40f;            // subnormal below 2^-127: 0 or 2^-127
   x[8] = 1.5f * 0x1p-127f;  // subnormal above 2^-127: 2^-127 or 2^-126
   x[9] = 1.9f * 0x1p126f;   // near the top: 2^126 or 2^127
-  rig<ecopt::natural, float> h(ecopt::natural{}, d);
+  harness<ecopt::natural, float> h(ecopt::natural{}, d);
   std::vector<double> sd(d);
   for (std::size_t j = 0; j < d; ++j) {
     const double a = std::fabs(static_cast<double>(x[j]));
@@ -380,19 +329,21 @@ TEST_CASE("natural: each value goes to a neighbouring power of two, unbiased, om
   check_unbiased(ecopt::natural{}, std::span<const float>(normal_x), 0.125, 4000, sd);
   // The worst case |t| = 4/3 2^a: variance exactly t^2 / 8.
   const std::vector<double> worst(50, 4.0 / 3.0 * 0.25);
-  rig<ecopt::natural, double> g(ecopt::natural{}, 50);
+  harness<ecopt::natural, double> g(ecopt::natural{}, 50);
   double e = 0;
-  for (std::uint64_t r = 0; r < 2000; ++r) e += dist2<double>(g.apply(worst, {.round = r}), worst);
+  for (std::uint64_t r = 0; r < 2000; ++r)
+    e += squared_distance<double>(g.apply(worst, {.round = r}), worst);
   e /= 2000;
   // A draw's error sums 50 terms of at most (1/6)^2 each with sd below 1/72.
-  CHECK(std::fabs(e - norm2<double>(worst) / 8) <= 6 * std::sqrt(50.0) / 72 / std::sqrt(2000.0));
+  CHECK(std::fabs(e - squared_norm<double>(worst) / 8) <=
+        6 * std::sqrt(50.0) / 72 / std::sqrt(2000.0));
 }
 
 TEST_CASE("natural: rounding up happens with probability exactly m / 2^23") {
   // 1.25 = 2^0 (1 + 2^21 / 2^23): up (to 2) with probability 1/4.
   constexpr std::size_t d = 1000;
   const std::vector<float> x(d, 1.25f);
-  rig<ecopt::natural, float> h(ecopt::natural{}, d);
+  harness<ecopt::natural, float> h(ecopt::natural{}, d);
   std::size_t ups = 0;
   constexpr std::uint64_t rounds = 200;
   for (std::uint64_t r = 0; r < rounds; ++r) {
@@ -403,7 +354,7 @@ TEST_CASE("natural: rounding up happens with probability exactly m / 2^23") {
 }
 
 TEST_CASE("natural: out-of-range input throws numeric_error, doubles go through float32") {
-  rig<ecopt::natural, float> h(ecopt::natural{}, 3);
+  harness<ecopt::natural, float> h(ecopt::natural{}, 3);
   std::vector<float> x{1.0f, 0x1p127f, 2.0f};
   CHECK(contains(error_text([&] { h.encode(x, {}); }), "input[1]"));
   CHECK_THROWS_AS(h.encode(x, {}), ecopt::numeric_error);
@@ -413,7 +364,7 @@ TEST_CASE("natural: out-of-range input throws numeric_error, doubles go through 
   CHECK_THROWS_AS(h.encode(x, {}), ecopt::numeric_error);
   x[1] = std::nextafter(0x1p127f, 0.0f);  // the largest value in range
   CHECK_NOTHROW(h.encode(x, {}));
-  rig<ecopt::natural, double> g(ecopt::natural{}, 2);
+  harness<ecopt::natural, double> g(ecopt::natural{}, 2);
   CHECK_THROWS_AS(g.encode(std::vector<double>{1e300, 1.0}, {}), ecopt::numeric_error);
   const auto tiny = g.apply(std::vector<double>{1e-300, -3.0}, {});
   CHECK(tiny[0] == 0.0);  // below float32's range: rounds to zero first
@@ -444,7 +395,7 @@ TEST_CASE("natural decoder rejects a negative zero code") {
 // ---------------------------------------------------------------- sign and scaled_sign
 
 TEST_CASE("sign: +-scale per coordinate, sign(0) = +1, an all-zero vector stays zero") {
-  rig<ecopt::sign, double> h(ecopt::sign{}, 5);
+  harness<ecopt::sign, double> h(ecopt::sign{}, 5);
   const std::vector<double> x{3.0, -0.5, 0.0, -0.0, 1e-300};
   CHECK(h.apply(x, {}) == std::vector<double>{1, -1, 1, 1, 1});
   CHECK(h.bits == 6);
@@ -468,7 +419,7 @@ TEST_CASE("sign: +-scale per coordinate, sign(0) = +1, an all-zero vector stays 
 
 TEST_CASE("scaled_sign: per-bucket scales, achieved delta and the 1/b worst case") {
   const ecopt::scaled_sign c{.bucket_size = 3};
-  rig<ecopt::scaled_sign, double> h(c, 7);
+  harness<ecopt::scaled_sign, double> h(c, 7);
   const std::vector<double> x{3.0, -6.0, 0.0, 1.0, 1.0, -1.0, -8.0};
   const auto out = h.apply(x, {});
   CHECK(out == std::vector<double>{3, -3, 3, 1, 1, -1, -8});
@@ -476,16 +427,17 @@ TEST_CASE("scaled_sign: per-bucket scales, achieved delta and the 1/b worst case
   CHECK(c.bits(7) == h.bits);
   CHECK(c.delta(7) == doctest::Approx(1.0 / 3));
   CHECK(c.achieved_delta(std::span<const double>(x)) ==
-        doctest::Approx(1 - dist2<double>(out, x) / norm2<double>(x)));
+        doctest::Approx(1 - squared_distance<double>(out, x) / squared_norm<double>(x)));
   for (const std::size_t b : {std::size_t{1}, std::size_t{8}, std::size_t{100}}) {
     CAPTURE(b);
     const ecopt::scaled_sign cb{.bucket_size = b};
     constexpr std::size_t d = 200;
-    const auto v = gaussian<double>(d, b);
-    rig<ecopt::scaled_sign, double> g(cb, d);
+    const auto v = random_vector<double>(d, b);
+    harness<ecopt::scaled_sign, double> g(cb, d);
     const auto cv = g.apply(v, {});
     const double achieved = cb.achieved_delta(std::span<const double>(v));
-    CHECK(dist2<double>(cv, v) == doctest::Approx((1 - achieved) * norm2<double>(v)).epsilon(1e-5));
+    CHECK(squared_distance<double>(cv, v) ==
+          doctest::Approx((1 - achieved) * squared_norm<double>(v)).epsilon(1e-5));
     CHECK(achieved >= cb.delta(d));
     // One spike per bucket reaches the worst case.
     std::vector<double> spikes(d, 0.0);
@@ -537,14 +489,14 @@ TEST_CASE("dq_sgd: the level rule on constructed inputs") {
 TEST_CASE("dq_sgd: the payload carries s_t; the state records it by round") {
   const ecopt::dq_sgd q{.horizon = 10, .error_budget = 1.0};
   constexpr std::size_t d = 300;
-  rig<ecopt::dq_sgd, float> h(q, d);
+  harness<ecopt::dq_sgd, float> h(q, d);
   ecopt::dq_sgd::state<float> fresh = q.make_state<float>(d);  // a receiver's own state
   CHECK(h.state.levels_by_round.size() == 10);
   for (std::uint64_t t = 0; t < 12; ++t) {
-    auto x = gaussian<float>(d, t);
+    auto x = random_vector<float>(d, t);
     for (auto& v : x) v *= static_cast<float>(t + 1);  // growing norms: growing s_t
     const round_context ctx{.seed = 1, .round = t, .world = 4, .lr = 0.05};
-    const std::uint32_t s = q.levels_for(norm2<float>(x), d, ctx);
+    const std::uint32_t s = q.levels_for(squared_norm<float>(x), d, ctx);
     CHECK(h.encode(x, ctx) == q.bits_at(s, d));
     CHECK(h.bits <= q.max_bits(d));
     CHECK(h.state.last_levels == s);
@@ -556,7 +508,7 @@ TEST_CASE("dq_sgd: the payload carries s_t; the state records it by round") {
     q.decode_add(r2, fresh, std::span<float>(out), 1.0f, ctx);
     CHECK(fresh.last_levels == 0);  // decoding does not touch the encoder's record
     // Every value is norm * level / s with level <= s.
-    const double norm = std::sqrt(norm2<float>(x));
+    const double norm = std::sqrt(squared_norm<float>(x));
     for (std::size_t j = 0; j < d; ++j) {
       const double level = std::fabs(out[j]) / norm * s;
       REQUIRE(std::fabs(level - std::round(level)) < 1e-3);
@@ -572,13 +524,13 @@ TEST_CASE("dq_sgd: the payload carries s_t; the state records it by round") {
 TEST_CASE("dq_sgd: unbiased at the chosen levels; omega is the fewest-levels worst case") {
   const ecopt::dq_sgd q{.horizon = 50, .error_budget = 20.0, .min_levels = 2};
   constexpr std::size_t d = 64;
-  const auto x = gaussian<double>(d, 3);
-  const std::uint32_t s = q.levels_for(norm2<double>(x), d, {.world = 2, .lr = 0.1});
+  const auto x = random_vector<double>(d, 3);
+  const std::uint32_t s = q.levels_for(squared_norm<double>(x), d, {.world = 2, .lr = 0.1});
   CHECK(s >= 2);
   CHECK(s < 20);
   CHECK(q.omega(d) == doctest::Approx(std::min(64.0 / 4, 8.0 / 2)));
   CHECK(q.omega_at(s, d) <= q.omega(d));
-  std::vector<double> sd(d, std::sqrt(norm2<double>(x)) / (2.0 * s));
+  std::vector<double> sd(d, std::sqrt(squared_norm<double>(x)) / (2.0 * s));
   check_unbiased(q, std::span<const double>(x), q.omega_at(s, d), 3000, sd);
 }
 
@@ -615,8 +567,8 @@ TEST_CASE_TEMPLATE("quantizers: no allocation after warm-up, at the speed-path s
                    ecopt::qsgd, ecopt::terngrad, ecopt::natural, ecopt::dq_sgd, ecopt::sign,
                    ecopt::scaled_sign) {
   constexpr std::size_t d = 5000;  // several blocks and chunks, a ragged tail
-  rig<C, float> h(C{}, d);
-  const auto x = gaussian<float>(d, 1);
+  harness<C, float> h(C{}, d);
+  const auto x = random_vector<float>(d, 1);
   std::vector<float> out(d, 0.0f);
   h.encode(x, {.lr = 0.1});
   h.decode_add(h.payload, out, 1.0f, {.lr = 0.1});

@@ -31,6 +31,7 @@
 #include <string_view>
 
 #include "ecopt/compensator.hpp"
+#include "ecopt/compensators/detail/memory.hpp"
 #include "ecopt/detail/span_checks.hpp"
 #include "ecopt/error.hpp"
 #include "ecopt/problem.hpp"
@@ -78,16 +79,12 @@ struct diagonal_hessian {
                          state<problem_scalar_t<P>>& s, const round_context& ctx) const {
     static_assert(HasHessianDiagonal<P>,
                   "diagonal_hessian needs a problem with hessian_diagonal(x, out)");
-    using T = problem_scalar_t<P>;
-    const auto d = static_cast<std::size_t>(s.memory.size());
-    detail::require_size(name, "x", static_cast<std::size_t>(x.size()), d);
-    if (rescale_with_lr && s.last_lr > 0 && ctx.lr > 0 && ctx.lr != s.last_lr) {
-      s.memory *= static_cast<T>(s.last_lr / ctx.lr);
+    detail::require_size(name, "x", static_cast<std::size_t>(x.size()),
+                         static_cast<std::size_t>(s.memory.size()));
+    detail::rescale_memory(detail::whole_span(s.memory), s.last_lr, ctx.lr, rescale_with_lr);
+    if (detail::curvature_due(s.observations, refresh_every)) {
+      problem.hessian_diagonal(x, s.diagonal);
     }
-    s.last_lr = ctx.lr;
-    const bool due =
-        s.observations == 0 || (refresh_every > 0 && s.observations % refresh_every == 0);
-    if (due) problem.hessian_diagonal(x, s.diagonal);
     ++s.observations;
     s.observed = true;
   }
@@ -96,14 +93,7 @@ struct diagonal_hessian {
   void compensate(std::span<const T> g, state<T>& s, std::span<T> p,
                   const round_context& ctx) const {
     const auto d = static_cast<std::size_t>(s.memory.size());
-    detail::require_size(name, "direction", g.size(), d);
-    detail::require_size(name, "output", p.size(), d);
-    if (!s.observed) {
-      throw invalid_argument(
-          "diagonal_hessian: compensate was called without observe_curvature(problem, x, "
-          "state, ctx) for this round; the caller must call it first (UsesCurvature)");
-    }
-    s.observed = false;
+    detail::begin_curvature_compensation(name, g.size(), p.size(), d, s.observed);
     const auto gamma = static_cast<T>(ctx.lr);
     const auto cap = static_cast<T>(max_scaled_curvature);
     const T* e = s.memory.data();
@@ -119,11 +109,7 @@ struct diagonal_hessian {
   template <class T>
   void update(std::span<const T> p, std::span<const T> sent, state<T>& s,
               const round_context&) const {
-    const auto d = static_cast<std::size_t>(s.memory.size());
-    detail::require_size(name, "compressed input", p.size(), d);
-    detail::require_size(name, "decoded message", sent.size(), d);
-    T* e = s.memory.data();
-    for (std::size_t j = 0; j < d; ++j) e[j] = p[j] - sent[j];
+    detail::store_residual(name, p, sent, detail::whole_span(s.memory));
   }
 
   /// The current memory e (for observers and tests).

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "ecopt/compensator.hpp"
+#include "ecopt/compensators/detail/memory.hpp"
 #include "ecopt/detail/span_checks.hpp"
 #include "ecopt/error.hpp"
 #include "ecopt/round_context.hpp"
@@ -53,11 +54,7 @@ struct error_feedback {
     const std::size_t d = s.memory.size();
     detail::require_size(name, "direction", g.size(), d);
     detail::require_size(name, "output", p.size(), d);
-    if (rescale_with_lr && s.last_lr > 0 && ctx.lr > 0 && ctx.lr != s.last_lr) {
-      const T factor = static_cast<T>(s.last_lr / ctx.lr);
-      for (T& e : s.memory) e *= factor;
-    }
-    s.last_lr = ctx.lr;
+    detail::rescale_memory(detail::whole_span(s.memory), s.last_lr, ctx.lr, rescale_with_lr);
     const T* e = s.memory.data();
     for (std::size_t j = 0; j < d; ++j) p[j] = g[j] + e[j];
   }
@@ -65,11 +62,7 @@ struct error_feedback {
   template <class T>
   void update(std::span<const T> p, std::span<const T> sent, state<T>& s,
               const round_context&) const {
-    const std::size_t d = s.memory.size();
-    detail::require_size(name, "compressed input", p.size(), d);
-    detail::require_size(name, "decoded message", sent.size(), d);
-    T* e = s.memory.data();
-    for (std::size_t j = 0; j < d; ++j) e[j] = p[j] - sent[j];
+    detail::store_residual(name, p, sent, detail::whole_span(s.memory));
   }
 
   /// The current memory (for observers and tests).

@@ -41,6 +41,7 @@
 #include <string_view>
 
 #include "ecopt/compensator.hpp"
+#include "ecopt/compensators/detail/memory.hpp"
 #include "ecopt/detail/span_checks.hpp"
 #include "ecopt/error.hpp"
 #include "ecopt/problem.hpp"
@@ -94,18 +95,12 @@ struct hessian_aided {
                          state<problem_scalar_t<P>>& s, const round_context& ctx) const {
     static_assert(HasHessian<P> || HasHessianVectorProduct<P>,
                   "hessian_aided needs a problem with hessian(x, H) or hessian_vector(x, v, out)");
-    using T = problem_scalar_t<P>;
-    const auto d = static_cast<std::size_t>(s.memory.size());
-    detail::require_size(name, "x", static_cast<std::size_t>(x.size()), d);
-    if (rescale_with_lr && s.last_lr > 0 && ctx.lr > 0 && ctx.lr != s.last_lr) {
-      s.memory *= static_cast<T>(s.last_lr / ctx.lr);
-    }
-    s.last_lr = ctx.lr;
+    detail::require_size(name, "x", static_cast<std::size_t>(x.size()),
+                         static_cast<std::size_t>(s.memory.size()));
+    detail::rescale_memory(detail::whole_span(s.memory), s.last_lr, ctx.lr, rescale_with_lr);
     if (source == curvature_source::hessian) {
       if constexpr (HasHessian<P>) {
-        const bool due =
-            s.observations == 0 || (refresh_every > 0 && s.observations % refresh_every == 0);
-        if (due) problem.hessian(x, s.hessian);
+        if (detail::curvature_due(s.observations, refresh_every)) problem.hessian(x, s.hessian);
         s.product.noalias() = s.hessian * s.memory;
       } else {
         throw invalid_argument(
@@ -129,14 +124,7 @@ struct hessian_aided {
   void compensate(std::span<const T> g, state<T>& s, std::span<T> p,
                   const round_context& ctx) const {
     const auto d = static_cast<std::size_t>(s.memory.size());
-    detail::require_size(name, "direction", g.size(), d);
-    detail::require_size(name, "output", p.size(), d);
-    if (!s.observed) {
-      throw invalid_argument(
-          "hessian_aided: compensate was called without observe_curvature(problem, x, state, "
-          "ctx) for this round; the caller must call it first (UsesCurvature)");
-    }
-    s.observed = false;
+    detail::begin_curvature_compensation(name, g.size(), p.size(), d, s.observed);
     const auto gamma = static_cast<T>(ctx.lr);
     const T* e = s.memory.data();
     const T* he = s.product.data();
@@ -146,11 +134,7 @@ struct hessian_aided {
   template <class T>
   void update(std::span<const T> p, std::span<const T> sent, state<T>& s,
               const round_context&) const {
-    const auto d = static_cast<std::size_t>(s.memory.size());
-    detail::require_size(name, "compressed input", p.size(), d);
-    detail::require_size(name, "decoded message", sent.size(), d);
-    T* e = s.memory.data();
-    for (std::size_t j = 0; j < d; ++j) e[j] = p[j] - sent[j];
+    detail::store_residual(name, p, sent, detail::whole_span(s.memory));
   }
 
   /// The current memory e (for observers and tests).

@@ -43,6 +43,7 @@
 #include "ecopt/bit_writer.hpp"
 #include "ecopt/compressor.hpp"
 #include "ecopt/compressors/detail/bulk_uniforms.hpp"
+#include "ecopt/compressors/detail/payload.hpp"
 #include "ecopt/compressors/detail/sign_bits.hpp"
 #include "ecopt/counter_rng.hpp"
 #include "ecopt/detail/span_checks.hpp"
@@ -70,14 +71,11 @@ struct natural {
   }
 
   template <class T>
-  struct state {
-    std::size_t dim = 0;
-  };
+  using state = detail::dim_state<T>;
 
   template <class T>
   [[nodiscard]] state<T> make_state(std::size_t dim) const {
-    detail::require_positive_dim(name, dim);
-    return state<T>{dim};
+    return detail::make_dim_state<T>(name, dim);
   }
 
   template <class T>

@@ -19,14 +19,11 @@ struct no_compression {
   static constexpr std::string_view name = "no_compression";
 
   template <class T>
-  struct state {
-    std::size_t dim = 0;
-  };
+  using state = detail::dim_state<T>;
 
   template <class T>
   [[nodiscard]] state<T> make_state(std::size_t dim) const {
-    detail::require_positive_dim(name, dim);
-    return state<T>{dim};
+    return detail::make_dim_state<T>(name, dim);
   }
 
   [[nodiscard]] std::uint64_t bits(std::size_t d) const noexcept {

@@ -82,14 +82,11 @@ struct scaled_sign {
   }
 
   template <class T>
-  struct state {
-    std::size_t dim = 0;
-  };
+  using state = detail::dim_state<T>;
 
   template <class T>
   [[nodiscard]] state<T> make_state(std::size_t dim) const {
-    detail::require_positive_dim(name, dim);
-    return state<T>{dim};
+    return detail::make_dim_state<T>(name, dim);
   }
 
   template <class T>

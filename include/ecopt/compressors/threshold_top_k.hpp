@@ -202,16 +202,8 @@ struct threshold_top_k {
                          " exceeds max_kept = " + std::to_string(s.max_kept));
     }
     const auto n = static_cast<std::size_t>(s.k + extra);
-    std::uint32_t* idx = s.chosen.data();
-    detail::read_indices(in, s.dim, std::span<std::uint32_t>(idx, n), "threshold_top_k");
-    // The values' length is checked before the output is touched.
-    detail::require_payload_bits(in, 32 * static_cast<std::uint64_t>(n), "threshold_top_k");
-    T* o = out.data();
-    detail::read_values(in, n, "threshold_top_k value",
-                        [o, idx, scale](std::size_t at, std::span<const float> v) {
-                          for (std::size_t i = 0; i < v.size(); ++i)
-                            o[idx[at + i]] += scale * static_cast<T>(v[i]);
-                        });
+    detail::read_sparse_add(in, s.dim, std::span<std::uint32_t>(s.chosen.data(), n), out.data(),
+                            scale, "threshold_top_k", "threshold_top_k value");
     in.expect_end("threshold_top_k");
   }
 };

@@ -490,17 +490,8 @@ struct top_k {
   void decode_add(bit_reader& in, state<T>& s, std::span<T> out, T scale,
                   const round_context&) const {
     detail::require_size(name, "output", out.size(), s.dim);
-    const std::size_t kk = s.k;
-    std::uint32_t* idx = s.chosen.data();
-    detail::read_indices(in, s.dim, std::span<std::uint32_t>(idx, kk), "top_k");
-    // The values' length is checked before the output is touched.
-    detail::require_payload_bits(in, 32 * static_cast<std::uint64_t>(kk), "top_k");
-    T* o = out.data();
-    detail::read_values(in, kk, "top_k value",
-                        [o, idx, scale](std::size_t at, std::span<const float> v) {
-                          for (std::size_t i = 0; i < v.size(); ++i)
-                            o[idx[at + i]] += scale * static_cast<T>(v[i]);
-                        });
+    detail::read_sparse_add(in, s.dim, std::span<std::uint32_t>(s.chosen.data(), s.k), out.data(),
+                            scale, "top_k", "top_k value");
     in.expect_end("top_k");
   }
 };

@@ -422,4 +422,21 @@ inline void read_indices(bit_reader& in, std::size_t d, std::span<std::uint32_t>
   }
 }
 
+/// Reads a sparse payload's body: idx.size() indices in [0, d) into idx, then
+/// as many float32 values, adding scale * value to out[idx[i]]. The values'
+/// length is checked before out is touched; throws decode_error naming `who`
+/// (indices, length) or `value_field` (a non-finite value).
+template <class T>
+void read_sparse_add(bit_reader& in, std::size_t d, std::span<std::uint32_t> idx, T* out, T scale,
+                     const char* who, const char* value_field) {
+  read_indices(in, d, idx, who);
+  require_payload_bits(in, 32 * static_cast<std::uint64_t>(idx.size()), who);
+  const std::uint32_t* ix = idx.data();
+  read_values(in, idx.size(), value_field,
+              [out, ix, scale](std::size_t at, std::span<const float> v) {
+                for (std::size_t i = 0; i < v.size(); ++i)
+                  out[ix[at + i]] += scale * static_cast<T>(v[i]);
+              });
+}
+
 }  // namespace ecopt::detail

@@ -27,6 +27,20 @@ inline void require_positive_dim(std::string_view who, std::size_t dim) {
   if (dim == 0) throw invalid_argument(std::string(who) + ": dim must be positive, got 0");
 }
 
+/// The state of a compressor that keeps nothing between rounds but the
+/// dimension it was made for (encode and decode check their spans against it).
+template <class T>
+struct dim_state {
+  std::size_t dim = 0;
+};
+
+/// make_state for such a compressor: checks dim and allocates nothing.
+template <class T>
+[[nodiscard]] dim_state<T> make_dim_state(std::string_view who, std::size_t dim) {
+  require_positive_dim(who, dim);
+  return dim_state<T>{dim};
+}
+
 /// Compressors that keep 32-bit indices in their state need d < 2^32.
 inline void require_index_dim(std::string_view who, std::size_t dim) {
   require_positive_dim(who, dim);
