@@ -9,7 +9,8 @@
 # failed, so one run shows all failures; the exit code is non-zero if any did.
 # The last line adds up the ctest summaries of the three workflows.
 #
-# Time budget (2 cores): TIMINGS_PLACEHOLDER
+# Time on the 2-core CI machine kind (clean tree, 2026-11-23): dev 382 s,
+# asan 595 s, tsan 196 s; 19.5 min in all, nearly all of it compiling.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
