@@ -6,6 +6,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <tuple>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "ecopt/bit_reader.hpp"
@@ -16,6 +19,25 @@
 #include "ecopt/round_context.hpp"
 
 namespace ecopt::test {
+
+/// The entries of a registry tuple that satisfy Pred: the statistical contracts
+/// run only on policies that declare what they check, so no instantiation of
+/// them is vacuous.
+template <template <class> class Pred, class Tuple>
+struct filter_registry;
+template <template <class> class Pred, class... Ts>
+struct filter_registry<Pred, std::tuple<Ts...>> {
+  using type = decltype(std::tuple_cat(
+      std::declval<std::conditional_t<Pred<Ts>::value, std::tuple<Ts>, std::tuple<>>>()...));
+};
+
+template <class C>
+struct declares_omega : std::bool_constant<UnbiasedCompressor<C>> {};
+template <class C>
+struct declares_delta : std::bool_constant<ContractiveCompressor<C>> {};
+
+using unbiased_compressors = filter_registry<declares_omega, all_compressors>::type;
+using contractive_compressors = filter_registry<declares_delta, all_compressors>::type;
 
 /// The instance a contract tests: a default-constructed policy unless that is
 /// not informative at the small test dimensions. `randomized` marks policies
