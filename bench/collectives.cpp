@@ -35,6 +35,7 @@
 #include "ecopt/collectives/allgather.hpp"
 #include "ecopt/collectives/allreduce.hpp"
 #include "ecopt/collectives/barrier.hpp"
+#include "ecopt/collectives/broadcast.hpp"
 #include "ecopt/collectives/collective_workspace.hpp"
 #include "ecopt/transports/mpi_transport.hpp"
 #include "ecopt/transports/tcp_transport.hpp"
@@ -156,27 +157,41 @@ double time_per_op(const settings& s, const std::function<void()>& op,
   return best;
 }
 
-/// The same, for P thread ranks inside this process: every thread times its
-/// loop, the slowest counts.
+/// The same, for P thread ranks inside this process, all in one world (a world
+/// per repetition would time its first-touch page faults): warm-up, then
+/// rank 0's calibration shared by broadcast, then the repetitions; each
+/// repetition counts its slowest rank.
 template <class Op>
 double time_per_op_threads(const settings& s, int world, Op&& op) {
-  auto run = [&](int iterations) {
-    const auto times = ecopt::run_threads(world, [&](ecopt::thread_transport& t) {
-      ecopt::collective_workspace ws;
-      auto state = op.make_state(t);
-      op(t, ws, state);  // warm-up
+  const auto times = ecopt::run_threads(world, [&](ecopt::thread_transport& t) {
+    ecopt::collective_workspace ws;
+    auto state = op.make_state(t);
+    for (int i = 0; i < 3; ++i) op(t, ws, state);  // warm-up: buffers, page faults
+    ecopt::barrier(t, ws);
+    auto start = clock_type::now();
+    op(t, ws, state);
+    const double once = std::chrono::duration<double>(clock_type::now() - start).count();
+    int iterations =
+        static_cast<int>(std::clamp(s.seconds / s.repetitions / std::max(once, 1e-7), 1.0, 1e5));
+    ecopt::broadcast(t, std::span<int>(&iterations, 1), 0, ws);
+    std::vector<double> per_repetition;
+    for (int r = 0; r < s.repetitions; ++r) {
       ecopt::barrier(t, ws);
-      const auto start = clock_type::now();
+      start = clock_type::now();
       for (int i = 0; i < iterations; ++i) op(t, ws, state);
-      return std::chrono::duration<double>(clock_type::now() - start).count();
-    });
-    return *std::max_element(times.begin(), times.end()) / iterations;
-  };
-  const double once = run(1);
-  const int iterations =
-      static_cast<int>(std::clamp(s.seconds / s.repetitions / std::max(once, 1e-7), 1.0, 100000.0));
+      per_repetition.push_back(std::chrono::duration<double>(clock_type::now() - start).count() /
+                               iterations);
+    }
+    return per_repetition;
+  });
   double best = 1e300;
-  for (int r = 0; r < s.repetitions; ++r) best = std::min(best, run(iterations));
+  for (int r = 0; r < s.repetitions; ++r) {
+    double slowest = 0;
+    for (const auto& rank_times : times) {
+      slowest = std::max(slowest, rank_times[static_cast<std::size_t>(r)]);
+    }
+    best = std::min(best, slowest);
+  }
   return best;
 }
 

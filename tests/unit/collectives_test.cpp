@@ -159,7 +159,7 @@ TEST_CASE("allreduce sends 2(n-1)/n of the data per rank") {
 }
 
 TEST_CASE("allreduce rejects ranks that disagree on the size or the element type") {
-  // Sizes 10 and 12: chunks of 5 and 6 doubles.
+  // Sizes 10 and 12 doubles: thread_transport's shared-memory allreduce compares the ranks' sizes.
   try {
     run_threads(2, [](thread_transport& t) {
       std::vector<double> data(t.rank() == 0 ? 10 : 12, 1.0);
@@ -171,8 +171,8 @@ TEST_CASE("allreduce rejects ranks that disagree on the size or the element type
     const std::string what = e.what();
     CAPTURE(what);
     CHECK(contains(what, "allreduce_sum"));
-    const bool names_sizes = contains(what, "received 48 bytes from rank 1, expected 40") ||
-                             contains(what, "received 40 bytes from rank 0, expected 48");
+    const bool names_sizes = contains(what, "received 96 bytes from rank 1, expected 80") ||
+                             contains(what, "received 80 bytes from rank 0, expected 96");
     CHECK(names_sizes);
   }
 
@@ -311,6 +311,127 @@ TEST_CASE("broadcast delivers the root's data from every root") {
                                 ecopt::broadcast(t, std::span(data), 0, ws);
                               }),
                   ecopt::transport_error);
+}
+
+/// thread_transport's point-to-point half only: the collectives see no
+/// native_* members and run their ring algorithms over its messages.
+class ring_only {
+ public:
+  explicit ring_only(thread_transport& t) : t_(&t) {}
+  [[nodiscard]] int rank() const { return t_->rank(); }
+  [[nodiscard]] int size() const { return t_->size(); }
+  [[nodiscard]] std::uint64_t bytes_sent() const { return t_->bytes_sent(); }
+  void send(int to, ecopt::message_tag tag, std::span<const std::byte> data) {
+    t_->send(to, tag, data);
+  }
+  void recv(int from, ecopt::message_tag tag, std::vector<std::byte>& into) {
+    t_->recv(from, tag, into);
+  }
+  int recv_any(ecopt::message_tag tag, std::vector<std::byte>& into) {
+    return t_->recv_any(tag, into);
+  }
+
+ private:
+  thread_transport* t_;
+};
+static_assert(ecopt::Transport<ring_only>);
+
+TEST_CASE("shared-memory collectives give the ring's bits and count the ring's bytes") {
+  // Same inputs through thread_transport's shared-memory collectives and
+  // through the ring algorithms over its messages: results bitwise equal
+  // (the reduction order is the ring's), bytes_sent() equal per rank.
+  struct outcome {
+    std::vector<float> sum_f;
+    std::vector<double> max_d;
+    std::vector<std::int16_t> gathered;
+    std::vector<std::vector<std::byte>> blocks;
+    std::vector<std::int32_t> broadcast;
+    std::vector<std::uint64_t> bytes;  // after each collective
+  };
+  auto exercise = [](auto& t, int rank, std::size_t count) {
+    outcome o;
+    collective_workspace ws;
+    o.sum_f = inputs<float>(rank, count);
+    ecopt::allreduce_sum(t, std::span(o.sum_f), ws);
+    o.bytes.push_back(t.bytes_sent());
+    o.max_d = inputs<double>(rank, count);
+    ecopt::allreduce_max(t, std::span(o.max_d), ws);
+    o.bytes.push_back(t.bytes_sent());
+    const std::vector<std::int16_t> mine = inputs<std::int16_t>(rank, count);
+    o.gathered.assign(count * static_cast<std::size_t>(t.size()), 0);
+    ecopt::allgather(t, std::span(mine), std::span(o.gathered), ws);
+    o.bytes.push_back(t.bytes_sent());
+    ecopt::allgather_bytes(t, block_of_rank(rank, 1), o.blocks);
+    o.bytes.push_back(t.bytes_sent());
+    o.broadcast = inputs<std::int32_t>(rank, count);
+    ecopt::broadcast(t, std::span(o.broadcast), t.size() / 2, ws);
+    o.bytes.push_back(t.bytes_sent());
+    ecopt::barrier(t, ws);
+    o.bytes.push_back(t.bytes_sent());
+    return o;
+  };
+  for (int n = 1; n <= 5; ++n) {
+    for (const std::size_t count : test_sizes(n)) {
+      CAPTURE(n);
+      CAPTURE(count);
+      const auto shared =
+          run_threads(n, [&](thread_transport& t) { return exercise(t, t.rank(), count); });
+      const auto ring = run_threads(n, [&](thread_transport& t) {
+        ring_only r(t);
+        return exercise(r, t.rank(), count);
+      });
+      for (int r = 0; r < n; ++r) {
+        CAPTURE(r);
+        const outcome& a = shared[static_cast<std::size_t>(r)];
+        const outcome& b = ring[static_cast<std::size_t>(r)];
+        CHECK(same_bytes(a.sum_f, b.sum_f));
+        CHECK(same_bytes(a.max_d, b.max_d));
+        CHECK(a.gathered == b.gathered);
+        CHECK(a.blocks == b.blocks);
+        CHECK(a.broadcast == b.broadcast);
+        CHECK(a.bytes == b.bytes);
+      }
+    }
+  }
+}
+
+TEST_CASE("a recv from a rank waiting in a collective fails at once, not at the timeout") {
+  // (A timeout would say "timed out"; the message shows the mismatch was seen.)
+  try {
+    run_threads(3,
+                [](thread_transport& t) {
+                  collective_workspace ws;
+                  std::vector<double> data(16, 1.0);
+                  if (t.rank() == 2) {
+                    std::vector<std::byte> into;
+                    t.recv(0, 5,
+                           into);  // rank 0 cannot send: it waits for this rank in the allreduce
+                  }
+                  ecopt::allreduce_sum(t, std::span(data), ws);
+                },
+                {.timeout = 60s});
+    FAIL("expected a transport_error");
+  } catch (const ecopt::transport_error& e) {
+    CAPTURE(std::string(e.what()));
+    CHECK(contains(e.what(), "rank 2: protocol mismatch: waiting for a message from rank 0"));
+    CHECK(contains(e.what(), "waits in a collective"));
+  }
+
+  // A rank that returns instead of joining.
+  try {
+    run_threads(2,
+                [](thread_transport& t) {
+                  if (t.rank() == 1) return;
+                  collective_workspace ws;
+                  std::vector<float> data(4, 1.0f);
+                  ecopt::allreduce_sum(t, std::span(data), ws);
+                },
+                {.timeout = 60s});
+    FAIL("expected a transport_error");
+  } catch (const ecopt::transport_error& e) {
+    CAPTURE(std::string(e.what()));
+    CHECK(contains(e.what(), "rank 0: rank 1 has returned without joining allreduce_sum"));
+  }
 }
 
 TEST_CASE("no rank leaves a barrier before every rank has entered it") {

@@ -274,8 +274,7 @@ inline std::vector<std::byte> take_pooled(std::vector<std::vector<std::byte>>& p
   std::vector<std::byte> out = std::move(pool[pick]);
   pool[pick] = std::move(pool.back());
   pool.pop_back();
-  out.clear();
-  return out;
+  return out;  // not cleared: resizing to a message of the same size then writes nothing
 }
 
 /// Bytes still to move, without Asio's default cap of 64 KiB per system call.
@@ -884,8 +883,7 @@ class tcp_transport {
     }
     // Grows (allocates) only while message sizes grow; the length was checked
     // against max_message_bytes above, before this point. (resize zero-fills
-    // the bytes about to be read: one extra pass, the price of handing out
-    // plain std::vector<std::byte>.)
+    // only bytes beyond the buffer's previous size: none when sizes repeat.)
     l.body.resize(length);
     if (length == 0) {
       on_body(j, error_code());

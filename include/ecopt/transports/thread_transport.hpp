@@ -14,15 +14,25 @@
 // One condition variable per inbox also makes recv_any (the first matching
 // message from any source) a scan of the FIFO heads.
 //
+// The collectives (allreduce, allgather, allgather_bytes, broadcast, barrier)
+// do not pass messages here: the ranks share an address space, so each rank
+// publishes a pointer to its data, and after a rendezvous every rank reads
+// what it needs straight from its peers' memory -- one copy instead of the
+// ring's two or three (see native_allreduce_sum). The reduction order is the
+// ring's, so results are bitwise those of the ring collectives over any other
+// transport, and bytes_sent() counts what the ring would have sent.
+//
 // Failures never hang a world: a recv waits at most timeout(), returns at once
-// with transport_error when the awaited peer has finished or any rank has
-// failed, and run_threads rethrows the first rank's original exception.
+// with transport_error when the awaited peer has finished, is waiting in a
+// collective, or any rank has failed, and run_threads rethrows the first
+// rank's original exception.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <exception>
 #include <functional>
 #include <memory>
@@ -36,6 +46,8 @@
 #include <utility>
 #include <vector>
 
+#include "ecopt/collectives/collective_workspace.hpp"
+#include "ecopt/collectives/tags.hpp"
 #include "ecopt/error.hpp"
 #include "ecopt/transport.hpp"
 
@@ -64,8 +76,18 @@ class thread_world {
       : size_(size),
         timeout_(timeout),
         inboxes_(std::make_unique<inbox[]>(static_cast<std::size_t>(size))),
-        finished_(std::make_unique<std::atomic<bool>[]>(static_cast<std::size_t>(size))) {
+        finished_(std::make_unique<std::atomic<bool>[]>(static_cast<std::size_t>(size))),
+        entries_{std::vector<collective_entry>(static_cast<std::size_t>(size)),
+                 std::vector<collective_entry>(static_cast<std::size_t>(size))},
+        joins_(static_cast<std::size_t>(size), 0),
+        waiting_since_(
+            std::make_unique<std::atomic<std::uint64_t>[]>(static_cast<std::size_t>(size))),
+        receiving_(std::make_unique<std::atomic<bool>[]>(static_cast<std::size_t>(size))) {
     const auto n = static_cast<std::size_t>(size);
+    for (std::size_t i = 0; i < n; ++i) {
+      waiting_since_[i].store(0, std::memory_order_relaxed);
+      receiving_[i].store(false, std::memory_order_relaxed);
+    }
     for (std::size_t i = 0; i < n; ++i) {
       inbox& box = inboxes_[i];
       box.head.assign(n, -1);
@@ -186,15 +208,116 @@ class thread_world {
                                                            : outcome::peer_finished;
           break;
         }
+        // The receiving flag (seq_cst, set before the check) pairs with the
+        // rendezvous' waiting_since_ store: one side sees the other.
+        receiving_[static_cast<std::size_t>(self)].store(true);
+        if (from >= 0 && in_collective(from)) {
+          // The peer cannot send before this rank joins its collective.
+          result = outcome::peer_in_collective;
+          break;
+        }
         if (timed_out) {
           result = outcome::timed_out;
           break;
         }
         timed_out = box.ready.wait_until(lock, deadline) == std::cv_status::timeout;
       }
+      receiving_[static_cast<std::size_t>(self)].store(false, std::memory_order_relaxed);
     }
     if (result != outcome::received) throw_recv_error(result, self, from, tag, actual_tag);
     return source;
+  }
+
+  /// What a rank brings to a shared-memory collective: its input bytes (read
+  /// by the peers), the collective's tag (op and element type) and the root.
+  struct collective_entry {
+    message_tag tag = 0;
+    const std::byte* input = nullptr;
+    std::size_t bytes = 0;
+    int root = -1;
+  };
+
+  /// Publishes `mine` and waits until every rank has published; then checks
+  /// that every rank is in the same collective (tag, root). The entries stay
+  /// valid until the caller's next rendezvous.
+  /// Entries alternate between two sets by the rank's count of joins: a rank
+  /// that leaves a collective first may publish for the next one while its
+  /// peers still read this one's (it cannot get further ahead).
+  const std::vector<collective_entry>& join(int self, collective_entry mine, const char* what) {
+    std::uint64_t& joins = joins_[static_cast<std::size_t>(self)];
+    std::vector<collective_entry>& entries = entries_[joins++ % 2];
+    entries[static_cast<std::size_t>(self)] = mine;
+    rendezvous(self, what);
+    for (int q = 0; q < size_; ++q) {
+      const collective_entry& theirs = entries[static_cast<std::size_t>(q)];
+      if (theirs.tag != mine.tag || theirs.root != mine.root) {
+        throw transport_error("rank " + std::to_string(self) + ": protocol mismatch: " + what +
+                              " (tag " + format_tag(mine.tag) + ", root " +
+                              std::to_string(mine.root) + ") met rank " + std::to_string(q) +
+                              " in tag " + format_tag(theirs.tag) + ", root " +
+                              std::to_string(theirs.root));
+      }
+    }
+    return entries;
+  }
+
+  /// Returns once every rank has called rendezvous as often as this one.
+  /// Throws transport_error when a rank failed or returned, or on timeout().
+  void rendezvous(int self, const char* what) {
+    std::unique_lock lock(rendezvous_mutex_);
+    const std::uint64_t generation = generation_.load(std::memory_order_relaxed);
+    if (++arrived_ == size_) {
+      arrived_ = 0;
+      generation_.store(generation + 1, std::memory_order_release);
+      lock.unlock();
+      rendezvous_ready_.notify_all();
+      return;
+    }
+    waiting_since_[static_cast<std::size_t>(self)].store(generation + 1);
+    lock.unlock();
+    wake_receivers(self);  // a peer blocked in recv from this rank cannot succeed now
+    // Ranks on cores of their own meet within microseconds, sooner than a
+    // condition variable wakes a thread: poll a little first, yielding so
+    // that ranks sharing a core still run.
+    for (int poll = 0; poll < 64; ++poll) {
+      if (generation_.load(std::memory_order_acquire) != generation) break;
+      std::this_thread::yield();
+    }
+    lock.lock();
+    const auto deadline = std::chrono::steady_clock::now() + timeout_;
+    bool timed_out = false;
+    enum class problem { none, world_failed, peer_finished, timed_out } found = problem::none;
+    while (generation_.load(std::memory_order_relaxed) == generation && found == problem::none) {
+      if (failed_.load(std::memory_order_acquire)) {
+        found = problem::world_failed;
+      } else if (any_peer_finished(self)) {
+        found = problem::peer_finished;
+      } else if (timed_out) {
+        found = problem::timed_out;
+      } else {
+        timed_out = rendezvous_ready_.wait_until(lock, deadline) == std::cv_status::timeout;
+      }
+    }
+    waiting_since_[static_cast<std::size_t>(self)].store(0);
+    if (found == problem::none) return;
+    --arrived_;  // leave the world's count as it was, should the caller go on
+    lock.unlock();
+    const std::string me = "rank " + std::to_string(self) + ": ";
+    switch (found) {
+      case problem::world_failed:
+        throw transport_error(me + failure_description() + " (in " + what + ")");
+      case problem::peer_finished:
+        for (int q = 0; q < size_; ++q) {
+          if (q != self && finished_[static_cast<std::size_t>(q)].load(std::memory_order_acquire)) {
+            throw transport_error(me + "rank " + std::to_string(q) +
+                                  " has returned without joining " + what);
+          }
+        }
+        [[fallthrough]];
+      default:
+        throw transport_error(me + "timed out after " + std::to_string(timeout_.count()) +
+                              " ms waiting for every rank to join " + what);
+    }
   }
 
   /// Records a rank's failure (the first one becomes the root cause) and
@@ -231,7 +354,45 @@ class thread_world {
   }
 
  private:
-  enum class outcome { received, wrong_tag, world_failed, peer_finished, timed_out };
+  enum class outcome {
+    received,
+    wrong_tag,
+    world_failed,
+    peer_finished,
+    peer_in_collective,
+    timed_out
+  };
+
+  /// Whether `rank` waits in a rendezvous that has not completed. Reading
+  /// waiting_since_ before generation_ errs only towards false.
+  [[nodiscard]] bool in_collective(int rank) {
+    const std::uint64_t since =
+        waiting_since_[static_cast<std::size_t>(rank)].load(std::memory_order_seq_cst);
+    if (since == 0) return false;
+    std::lock_guard lock(rendezvous_mutex_);
+    return generation_.load(std::memory_order_relaxed) < since;
+  }
+
+  [[nodiscard]] bool any_peer_finished(int self) const {
+    for (int q = 0; q < size_; ++q) {
+      if (q != self && finished_[static_cast<std::size_t>(q)].load(std::memory_order_acquire)) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  /// Wakes the ranks blocked in recv, so that they notice `rank` waiting in a collective.
+  void wake_receivers(int rank) {
+    for (int q = 0; q < size_; ++q) {
+      if (q == rank || !receiving_[static_cast<std::size_t>(q)].load(std::memory_order_seq_cst)) {
+        continue;
+      }
+      inbox& box = inboxes_[static_cast<std::size_t>(q)];
+      { std::lock_guard lock(box.mutex); }
+      box.ready.notify_all();
+    }
+  }
 
   // Payload buffers an inbox makes the first time its free list runs dry.
   static constexpr std::size_t min_buffers = 8;
@@ -328,6 +489,8 @@ class thread_world {
       { std::lock_guard lock(box.mutex); }
       box.ready.notify_all();
     }
+    { std::lock_guard lock(rendezvous_mutex_); }
+    rendezvous_ready_.notify_all();
   }
 
   [[nodiscard]] std::string failure_description() const {
@@ -350,6 +513,10 @@ class thread_world {
       case outcome::peer_finished:
         throw transport_error(me + (from >= 0 ? peer + " has" : "every other rank has") +
                               " returned without sending " + wanted);
+      case outcome::peer_in_collective:
+        throw transport_error(me + "protocol mismatch: waiting for " + wanted + ", but rank " +
+                              std::to_string(from) +
+                              " waits in a collective this rank has not joined");
       case outcome::timed_out:
       default:
         throw transport_error(me + "timed out after " + std::to_string(timeout_.count()) +
@@ -366,6 +533,15 @@ class thread_world {
   std::exception_ptr root_cause_;
   int failed_rank_ = -1;
   std::string failed_what_;
+  // Shared-memory collectives: two sets of one entry per rank, and a counting rendezvous.
+  std::vector<collective_entry> entries_[2];
+  std::vector<std::uint64_t> joins_;  ///< per rank; only that rank's thread touches it
+  std::mutex rendezvous_mutex_;
+  std::condition_variable rendezvous_ready_;
+  int arrived_ = 0;
+  std::atomic<std::uint64_t> generation_{0};  ///< rendezvous completed; written under the mutex
+  std::unique_ptr<std::atomic<std::uint64_t>[]> waiting_since_;  ///< generation + 1, or 0
+  std::unique_ptr<std::atomic<bool>[]> receiving_;               ///< blocked in recv
 };
 
 }  // namespace detail
@@ -411,6 +587,118 @@ class thread_transport {
     return world_->recv(rank_, -1, tag, into);
   }
 
+  // --- Shared-memory collectives (found by collectives/ with `requires`) ------
+  // Each publishes this rank's data, meets the others, reads from their
+  // memory, and meets them again before returning, so no rank changes data a
+  // peer still reads. bytes_sent() grows by what the ring collectives would
+  // send, so reports agree with those over the other transports.
+
+  /// Ring allreduce's arithmetic in shared memory: rank r reduces chunk r+1
+  /// (acc = x_{r+1}; acc = op(x_k, acc) for k = r+2, ..., r, as the ring's
+  /// messages would fold it), then every rank copies each chunk from its owner.
+  template <reducible_value V>
+  void native_allreduce_sum(std::span<V> data) {
+    shared_allreduce(data, collective_tag_for<V>(collective_tag::allreduce_sum), "allreduce_sum",
+                     [](V a, V b) { return static_cast<V>(a + b); });
+  }
+  template <reducible_value V>
+  void native_allreduce_max(std::span<V> data) {
+    shared_allreduce(data, collective_tag_for<V>(collective_tag::allreduce_max), "allreduce_max",
+                     [](V a, V b) { return b > a ? b : a; });
+  }
+
+  /// all := the ranks' equal-size `mine` blocks in rank order.
+  template <class V>
+  requires std::is_trivially_copyable_v<V>
+  void native_allgather(std::span<const V> mine, std::span<V> all) {
+    const int n = size();
+    const std::size_t block = mine.size();
+    if (all.size() != block * static_cast<std::size_t>(n)) {
+      throw invalid_argument("allgather: rank " + std::to_string(rank_) + " passed all.size() = " +
+                             std::to_string(all.size()) + ", expected world size " +
+                             std::to_string(n) + " x mine.size() " + std::to_string(block));
+    }
+    const auto& entries =
+        join_checked({collective_tag_for<V>(collective_tag::allgather),
+                      reinterpret_cast<const std::byte*>(mine.data()), mine.size_bytes(), -1},
+                     "allgather");
+    auto* out = reinterpret_cast<std::byte*>(all.data());
+    for (int q = 0; q < n; ++q) {
+      const auto& theirs = entries[static_cast<std::size_t>(q)];
+      std::byte* into = out + static_cast<std::size_t>(q) * theirs.bytes;
+      // `mine` may be this rank's block of `all` already (peers read it meanwhile).
+      if (theirs.bytes > 0 && into != theirs.input) std::memmove(into, theirs.input, theirs.bytes);
+    }
+    world_->rendezvous(rank_, "allgather");
+    bytes_sent_ += static_cast<std::uint64_t>(n - 1) * mine.size_bytes();
+  }
+
+  /// all[r] := rank r's `mine`; block sizes may differ between ranks.
+  void native_allgather_bytes(std::span<const std::byte> mine,
+                              std::vector<std::vector<std::byte>>& all) {
+    const int n = size();
+    const auto& entries = world_->join(
+        rank_,
+        {collective_tag_for<>(collective_tag::allgather_bytes), mine.data(), mine.size(), -1},
+        "allgather_bytes");
+    all.resize(static_cast<std::size_t>(n));
+    // The peers' blocks first: `mine` may live in all[rank], which changes last.
+    for (int q = 0; q < n; ++q) {
+      if (q == rank_) continue;
+      const auto& theirs = entries[static_cast<std::size_t>(q)];
+      all[static_cast<std::size_t>(q)].assign(theirs.input, theirs.input + theirs.bytes);
+    }
+    const std::uint64_t right_bytes = entries[static_cast<std::size_t>((rank_ + 1) % n)].bytes;
+    std::uint64_t sent = 0;
+    for (const auto& e : entries) sent += e.bytes;
+    world_->rendezvous(rank_, "allgather_bytes");  // nobody reads `mine` any more
+    std::vector<std::byte>& own = all[static_cast<std::size_t>(rank_)];
+    if (own.data() != mine.data() || own.size() != mine.size()) {
+      const bool inside = !mine.empty() && std::greater_equal<>()(mine.data(), own.data()) &&
+                          std::less<>()(mine.data(), own.data() + own.size());
+      if (inside) {
+        std::memmove(own.data(), mine.data(), mine.size());
+        own.resize(mine.size());
+      } else {
+        own.assign(mine.begin(), mine.end());
+      }
+    }
+    // The ring sends every block but the right neighbour's.
+    if (n > 1) bytes_sent_ += sent - right_bytes;
+  }
+
+  /// data := root's data (a binomial tree's byte count is charged).
+  template <class V>
+  requires std::is_trivially_copyable_v<V>
+  void native_broadcast(std::span<V> data, int root) {
+    const int n = size();
+    if (root < 0 || root >= n) {
+      throw invalid_argument("broadcast: rank " + std::to_string(rank_) + " passed root " +
+                             std::to_string(root) + ", outside the world of " + std::to_string(n) +
+                             " ranks");
+    }
+    const auto& entries =
+        join_checked({collective_tag_for<V>(collective_tag::broadcast),
+                      reinterpret_cast<const std::byte*>(data.data()), data.size_bytes(), root},
+                     "broadcast");
+    if (rank_ != root && !data.empty()) {
+      std::memcpy(data.data(), entries[static_cast<std::size_t>(root)].input, data.size_bytes());
+    }
+    world_->rendezvous(rank_, "broadcast");
+    // Children of this rank in the binomial tree rooted at `root`.
+    const int relative = detail::ring_index(rank_ - root, n);
+    int children = 0;
+    for (int mask = 1; mask < n; mask <<= 1) {
+      if (relative & mask) break;
+      if (relative + mask < n) ++children;
+    }
+    bytes_sent_ += static_cast<std::uint64_t>(children) * data.size_bytes();
+  }
+
+  void native_barrier() {
+    world_->join(rank_, {collective_tag_for<>(collective_tag::barrier), nullptr, 0, -1}, "barrier");
+  }
+
  private:
   void check_peer(int peer, const char* what) const {
     if (peer < 0 || peer >= size()) {
@@ -422,6 +710,69 @@ class thread_transport {
       throw invalid_argument("rank " + std::to_string(rank_) + ": " + what +
                              " itself is not allowed");
     }
+  }
+
+  /// join(), then the check every ring collective makes of its messages:
+  /// all ranks pass the same number of bytes.
+  const std::vector<detail::thread_world::collective_entry>& join_checked(
+      detail::thread_world::collective_entry mine, const char* what) {
+    const auto& entries = world_->join(rank_, mine, what);
+    for (int q = 0; q < size(); ++q) {
+      detail::check_message_size(what, rank_, q, mine.bytes,
+                                 entries[static_cast<std::size_t>(q)].bytes);
+    }
+    return entries;
+  }
+
+  template <class V, class Op>
+  void shared_allreduce(std::span<V> data, message_tag tag, const char* what, Op op) {
+    const int n = size();
+    if (n == 1) return;
+    const auto& entries = join_checked(
+        {tag, reinterpret_cast<const std::byte*>(data.data()), data.size_bytes(), -1}, what);
+    auto input_of = [&](int q) {
+      return reinterpret_cast<const V*>(entries[static_cast<std::size_t>(q)].input);
+    };
+    // Reduce the owned chunk in blocks that stay in L1.
+    const int owned = detail::ring_index(rank_ + 1, n);
+    const detail::part_bounds mine = detail::even_part(data.size(), n, owned);
+    // The last operand is this rank's own data (rank owned - 1 = rank_).
+    V* out = data.data();
+    if (n == 2) {
+      const V* x = input_of(owned);
+      for (std::size_t i = mine.begin; i < mine.begin + mine.size; ++i) out[i] = op(out[i], x[i]);
+    } else {
+      constexpr std::size_t block = 4096 / sizeof(V);
+      V acc[block];
+      for (std::size_t begin = mine.begin; begin < mine.begin + mine.size; begin += block) {
+        const std::size_t length = std::min(block, mine.begin + mine.size - begin);
+        const V* first = input_of(owned) + begin;
+        const V* second = input_of(detail::ring_index(owned + 1, n)) + begin;
+        for (std::size_t i = 0; i < length; ++i) acc[i] = op(second[i], first[i]);
+        for (int k = 2; k < n - 1; ++k) {
+          const V* x = input_of(detail::ring_index(owned + k, n)) + begin;
+          for (std::size_t i = 0; i < length; ++i) acc[i] = op(x[i], acc[i]);
+        }
+        for (std::size_t i = 0; i < length; ++i) out[begin + i] = op(out[begin + i], acc[i]);
+      }
+    }
+    world_->rendezvous(rank_, what);
+    // Copy every other chunk from its owner (rank c - 1 owns chunk c).
+    for (int c = 0; c < n; ++c) {
+      if (c == owned) continue;
+      const detail::part_bounds b = detail::even_part(data.size(), n, c);
+      if (b.size > 0) {
+        std::memcpy(data.data() + b.begin, input_of(detail::ring_index(c - 1, n)) + b.begin,
+                    b.size * sizeof(V));
+      }
+    }
+    world_->rendezvous(rank_, what);
+    // The ring sends all chunks but r+1 (reduce-scatter) and all but r+2 (allgather).
+    const std::uint64_t total = data.size_bytes();
+    const std::uint64_t skip_1 = detail::even_part(data.size(), n, owned).size * sizeof(V);
+    const std::uint64_t skip_2 =
+        detail::even_part(data.size(), n, detail::ring_index(rank_ + 2, n)).size * sizeof(V);
+    bytes_sent_ += (total - skip_1) + (total - skip_2);
   }
 
   detail::thread_world* world_;
