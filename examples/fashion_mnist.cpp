@@ -15,11 +15,12 @@
 #include <vector>
 
 #include "ecopt/ecopt.hpp"
+#include "fashion_mnist_data.hpp"
 
 namespace {
 
 struct settings {
-  std::filesystem::path data = "/usr/share/datasets/fashion-mnist";
+  std::filesystem::path data = ecopt_examples::fashion_mnist_default_dir;
   int workers = 4;
   std::uint64_t steps = 10000;
   std::size_t batch = 64;
@@ -55,10 +56,7 @@ settings parse(int argc, char** argv) {
   return s;
 }
 
-struct dataset {
-  Eigen::MatrixXf train_images, test_images;  // 784 x m, one image per column
-  Eigen::VectorXi train_labels, test_labels;
-};
+using dataset = ecopt_examples::fashion_mnist_data;
 
 struct row {
   std::string name;
@@ -106,11 +104,7 @@ int main(int argc, char** argv) try {
       "ecopt demo: softmax regression on Fashion-MNIST, %d worker threads, %llu steps, "
       "batch %zu per worker\n",
       s.workers, static_cast<unsigned long long>(s.steps), s.batch);
-  dataset data;
-  data.train_images = ecopt::load_idx_images<float>(s.data / "train-images-idx3-ubyte.gz");
-  data.train_labels = ecopt::load_idx_labels(s.data / "train-labels-idx1-ubyte.gz");
-  data.test_images = ecopt::load_idx_images<float>(s.data / "t10k-images-idx3-ubyte.gz");
-  data.test_labels = ecopt::load_idx_labels(s.data / "t10k-labels-idx1-ubyte.gz");
+  const dataset data = ecopt_examples::load_fashion_mnist(s.data);
   std::printf("loaded %lld training and %lld test images of %lld pixels\n\n",
               static_cast<long long>(data.train_images.cols()),
               static_cast<long long>(data.test_images.cols()),

@@ -62,6 +62,7 @@
 
 #include "ecopt/ecopt.hpp"
 #include "ecopt/problems/full_batch.hpp"
+#include "fashion_mnist_data.hpp"
 
 namespace {
 
@@ -69,7 +70,7 @@ constexpr int default_workers = 4;
 
 struct settings {
   std::filesystem::path heart = "/usr/share/doc/liblinear-tools/examples/heart_scale";
-  std::filesystem::path fashion = "/usr/share/datasets/fashion-mnist";
+  std::filesystem::path fashion = ecopt_examples::fashion_mnist_default_dir;
   double heart_l2 = 1e-3;
   double fashion_l2 = 0.1;
   double gamma_times_l = 1.0;
@@ -145,8 +146,7 @@ dataset load_heart(const std::filesystem::path& path, double l2) {
 dataset load_fashion_pair(const std::filesystem::path& dir, Eigen::Index per_class, double l2) {
   constexpr int positive = 0;  // T-shirt/top
   constexpr int negative = 6;  // shirt
-  const Eigen::MatrixXf images = ecopt::load_idx_images<float>(dir / "train-images-idx3-ubyte.gz");
-  const Eigen::VectorXi labels = ecopt::load_idx_labels(dir / "train-labels-idx1-ubyte.gz");
+  const auto [images, labels] = ecopt_examples::load_fashion_mnist_split(dir, "train");
   std::vector<Eigen::Index> chosen;
   Eigen::Index taken_positive = 0, taken_negative = 0;
   for (Eigen::Index i = 0; i < labels.size(); ++i) {
@@ -443,7 +443,7 @@ int main(int argc, char** argv) try {
     std::printf("\n(skipped heart_scale: %s not found; install liblinear-tools)\n",
                 s.heart.string().c_str());
   }
-  if (std::filesystem::exists(s.fashion / "train-images-idx3-ubyte.gz")) {
+  if (ecopt_examples::fashion_mnist_installed(s.fashion)) {
     report(load_fashion_pair(s.fashion, s.per_class, s.fashion_l2), s.gamma_times_l,
            s.fashion_rounds);
   } else {

@@ -36,7 +36,6 @@
 #include "ecopt/compensators/no_compensation.hpp"
 #include "ecopt/compressors/no_compression.hpp"
 #include "ecopt/compressors/top_k.hpp"
-#include "ecopt/data/idx.hpp"
 #include "ecopt/observers.hpp"
 #include "ecopt/optimizers/sgd.hpp"
 #include "ecopt/problems/mlp.hpp"
@@ -44,11 +43,12 @@
 #include "ecopt/problems/softmax_regression.hpp"
 #include "ecopt/solver.hpp"
 #include "ecopt/transports/thread_transport.hpp"
+#include "fashion_mnist_data.hpp"
 
 namespace {
 
 struct settings {
-  std::filesystem::path data = "/usr/share/datasets/fashion-mnist";
+  std::filesystem::path data = ecopt_examples::fashion_mnist_default_dir;
   int workers = 4;
   std::uint64_t convex_steps = 8000;
   std::uint64_t mlp_steps = 6000;
@@ -98,10 +98,7 @@ settings parse(int argc, char** argv) {
   return s;
 }
 
-struct dataset {
-  Eigen::MatrixXf train_images, test_images;  // 784 x m, one image per column, in [0, 1]
-  Eigen::VectorXi train_labels, test_labels;
-};
+using dataset = ecopt_examples::fashion_mnist_data;
 
 constexpr int classes = 10;
 constexpr int checkpoints = 4;  // training-loss evaluations per run
@@ -199,11 +196,7 @@ void print_table(const char* title, std::size_t d, std::uint64_t steps, double l
 int main(int argc, char** argv) try {
   const settings s = parse(argc, argv);
   const auto t0 = std::chrono::steady_clock::now();
-  dataset data;
-  data.train_images = ecopt::load_idx_images<float>(s.data / "train-images-idx3-ubyte.gz");
-  data.train_labels = ecopt::load_idx_labels(s.data / "train-labels-idx1-ubyte.gz");
-  data.test_images = ecopt::load_idx_images<float>(s.data / "t10k-images-idx3-ubyte.gz");
-  data.test_labels = ecopt::load_idx_labels(s.data / "t10k-labels-idx1-ubyte.gz");
+  const dataset data = ecopt_examples::load_fashion_mnist(s.data);
   std::printf(
       "TopK SGD with and without memory (Alistarh et al. 2018, arXiv:1809.10505) on "
       "Fashion-MNIST: %lld training and %lld test images, %d worker threads, batch %zu per "

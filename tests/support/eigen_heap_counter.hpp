@@ -9,9 +9,10 @@
 // eigen_heap_scope counts Eigen's heap allocations (in Release too). Under
 // AddressSanitizer it also counts every malloc through the sanitizer's hooks.
 //
-// The counter and the assertion handler below are token for token those of
-// tests/unit/problems_test.cpp, so in a test binary made of both files they are
-// one entity whichever copy of Eigen's inline functions the linker keeps.
+// Every test file that instruments Eigen does so through this header, so in a
+// test binary made of several such files the counter and the assertion
+// handler below are one entity whichever copy of Eigen's inline functions the
+// linker keeps.
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>

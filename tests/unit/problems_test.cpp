@@ -1,38 +1,15 @@
 // Tests of the problems: gradients and Hessians against finite differences,
 // unbiased minibatch gradients, minimizers, label handling, accuracy,
-// dimension and option errors, sharding, and no allocation on the hot path.
-//
-// Eigen allocates through std::malloc, which the operator-new counter of
-// support/alloc_counter.cpp cannot see. This file therefore also builds Eigen
-// with EIGEN_RUNTIME_NO_MALLOC and an eigen_assert that counts the
-// "heap allocation is forbidden" assertions instead of aborting, so
-// eigen_heap_scope below counts Eigen's heap allocations (in Release too), and
-// under AddressSanitizer also every malloc through the sanitizer's hooks.
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-
-namespace ecopt_test_eigen {
-inline int heap_allocations = 0;
-inline void assertion_failed(const char* expr, const char* file, int line) {
-  if (std::strstr(expr, "heap allocation is forbidden") != nullptr) {
-    ++heap_allocations;
-    return;
-  }
-  std::fprintf(stderr, "%s:%d: Eigen assertion failed: %s\n", file, line, expr);
-  std::abort();
-}
-}  // namespace ecopt_test_eigen
-
-#define EIGEN_RUNTIME_NO_MALLOC
-#define eigen_assert(x) \
-  ((x) ? static_cast<void>(0) : ::ecopt_test_eigen::assertion_failed(#x, __FILE__, __LINE__))
+// dimension and option errors, sharding, and no allocation on the hot path
+// (operator new, and Eigen's std::malloc through support/eigen_heap_counter.hpp).
+#include "support/eigen_heap_counter.hpp"  // first: it instruments Eigen
 
 #include <doctest/doctest.h>
 
 #include <Eigen/Core>
 #include <Eigen/Eigenvalues>
 #include <cmath>
+#include <cstdint>
 #include <numeric>
 #include <span>
 #include <string>
@@ -48,88 +25,15 @@ inline void assertion_failed(const char* expr, const char* file, int line) {
 #include "ecopt/problems/softmax_regression.hpp"
 #include "support/alloc_counter.hpp"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define ECOPT_TEST_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define ECOPT_TEST_ASAN 1
-#endif
-#endif
-
-#if defined(ECOPT_TEST_ASAN)
-#if __has_include(<sanitizer/allocator_interface.h>)
-#include <sanitizer/allocator_interface.h>
-#else
-// GCC does not ship this header of the sanitizer runtime's interface.
-extern "C" int __sanitizer_install_malloc_and_free_hooks(void (*malloc_hook)(const volatile void*,
-                                                                             std::size_t),
-                                                         void (*free_hook)(const volatile void*));
-#endif
-#endif
-
 namespace {
 
 using ecopt::matrix_t;
 using ecopt::vector_t;
+using ecopt::test::eigen_heap_counting_active;
+using ecopt::test::eigen_heap_scope;
 using Eigen::Index;
 using Eigen::MatrixXd;
 using Eigen::VectorXd;
-
-#if defined(ECOPT_TEST_ASAN)
-// Under AddressSanitizer every malloc (Eigen's included) passes through these
-// hooks, whichever copy of Eigen's inline functions the linker kept.
-std::uint64_t sanitizer_mallocs = 0;
-void count_malloc(const volatile void* /*ptr*/, std::size_t /*size*/) { ++sanitizer_mallocs; }
-void ignore_free(const volatile void* /*ptr*/) {}
-[[maybe_unused]] const bool sanitizer_hooks =
-    __sanitizer_install_malloc_and_free_hooks(count_malloc, ignore_free) != 0;
-#else
-const std::uint64_t sanitizer_mallocs = 0;
-[[maybe_unused]] const bool sanitizer_hooks = false;
-#endif
-
-/// Counts heap allocations that bypass operator new (Eigen's std::malloc)
-/// between construction and count(): through the Eigen instrumentation above
-/// and, under AddressSanitizer, the sanitizer's malloc hooks.
-class eigen_heap_scope {
- public:
-  eigen_heap_scope() noexcept
-      : eigen_start_(ecopt_test_eigen::heap_allocations), malloc_start_(sanitizer_mallocs) {
-    Eigen::internal::set_is_malloc_allowed(false);
-  }
-  ~eigen_heap_scope() { Eigen::internal::set_is_malloc_allowed(true); }
-  eigen_heap_scope(const eigen_heap_scope&) = delete;
-  eigen_heap_scope& operator=(const eigen_heap_scope&) = delete;
-  [[nodiscard]] std::uint64_t count() const noexcept {
-    return static_cast<std::uint64_t>(ecopt_test_eigen::heap_allocations - eigen_start_) +
-           (sanitizer_mallocs - malloc_start_);
-  }
-
- private:
-  int eigen_start_;
-  std::uint64_t malloc_start_;
-};
-
-/// Whether eigen_heap_scope sees Eigen's allocations in this binary. The
-/// Eigen instrumentation can be inactive: in a test binary made of several
-/// files the linker may keep another file's (uninstrumented) copy of Eigen's
-/// inline allocation functions (typically at -O0). Then, unless the sanitizer
-/// hooks are there, only the operator-new count is checked, and a message
-/// says so once.
-bool eigen_heap_counting_active() {
-  static const bool active = [] {
-    const eigen_heap_scope scope;
-    const MatrixXd probe(64, 64);
-    const bool seen = scope.count() > 0;
-    if (!seen) {
-      MESSAGE(
-          "Eigen's heap allocations are not visible in this binary (uninstrumented Eigen "
-          "copy linked, no sanitizer hooks): checking operator new only");
-    }
-    return seen;
-  }();
-  return active;
-}
 
 ecopt::counter_rng test_rng(std::uint64_t seed) {
   return ecopt::counter_rng::stream(seed, ecopt::stream_purpose::test, 0, 0);

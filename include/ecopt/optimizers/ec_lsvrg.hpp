@@ -22,12 +22,12 @@
 #include <cstdint>
 #include <span>
 #include <string_view>
-#include <vector>
 
 #include "ecopt/counter_rng.hpp"
 #include "ecopt/detail/span_checks.hpp"
 #include "ecopt/optimizer.hpp"
 #include "ecopt/optimizers/detail/gradient_hook.hpp"
+#include "ecopt/optimizers/detail/loopless_snapshot.hpp"
 #include "ecopt/optimizers/detail/step_size.hpp"
 #include "ecopt/problem.hpp"
 #include "ecopt/round_context.hpp"
@@ -49,25 +49,15 @@ struct ec_lsvrg {
 
   template <class T>
   struct state {
-    vector_t<T> snapshot;           ///< w
-    vector_t<T> snapshot_gradient;  ///< grad f(w) of this rank's shard
-    vector_t<T> at_snapshot;        ///< scratch: the minibatch gradient at w
-    std::vector<std::size_t> batch;
-    std::uint64_t snapshots = 0;  ///< snapshot gradients computed so far
-    bool started = false;
-    bool refresh = false;  ///< the coin replaced w: grad f(w) is due
-    bool taken = false;    ///< the gradient hook ran this round
+    detail::loopless_snapshot<T> snapshot;  ///< w and grad f(w) of this rank's shard
+    bool taken = false;                     ///< the gradient hook ran this round
   };
 
   template <class T>
   [[nodiscard]] state<T> make_state(std::size_t dim) const {
     validate();
-    const auto d = static_cast<Eigen::Index>(dim);
     state<T> s;
-    s.snapshot = vector_t<T>::Zero(d);
-    s.snapshot_gradient = vector_t<T>::Zero(d);
-    s.at_snapshot = vector_t<T>::Zero(d);
-    s.batch.assign(batch_size, 0);
+    s.snapshot = detail::loopless_snapshot<T>::zeros(dim, batch_size);
     return s;
   }
 
@@ -80,41 +70,26 @@ struct ec_lsvrg {
                 const uncompressed_mean<problem_scalar_t<P>>&) const {
     static_assert(FiniteSumProblem<P>,
                   "ec_lsvrg needs a FiniteSumProblem (samples() and sample_gradient)");
-    const auto d = static_cast<std::size_t>(s.snapshot.size());
+    const auto d = static_cast<std::size_t>(s.snapshot.point.size());
     detail::require_size(name, "x", static_cast<std::size_t>(x.size()), d);
     detail::require_size(name, "g", static_cast<std::size_t>(g.size()), d);
-    if (!s.started) {
-      s.snapshot = x;
-      s.started = true;
-      s.refresh = true;
-    }
-    if (s.refresh) {
-      problem.gradient(s.snapshot, s.snapshot_gradient);
-      s.refresh = false;
-      ++s.snapshots;
-    }
-    detail::draw_samples(sampler, problem.samples(), s.batch);
-    problem.sample_gradient(x, s.batch, g);
-    problem.sample_gradient(s.snapshot, s.batch, s.at_snapshot);
-    g += s.snapshot_gradient - s.at_snapshot;
+    s.snapshot.start(x);
+    s.snapshot.refresh(problem);
+    s.snapshot.sample_gradients(problem, sampler, x, g);
+    g += s.snapshot.gradient - s.snapshot.at_point;
     s.taken = true;
   }
 
   template <class T>
   void apply(std::span<T> x, std::span<const T> direction, state<T>& s,
              const round_context& ctx) const {
-    const auto d = static_cast<std::size_t>(s.snapshot.size());
+    const auto d = static_cast<std::size_t>(s.snapshot.point.size());
     detail::require_size(name, "x", x.size(), d);
     detail::require_size(name, "direction", direction.size(), d);
     detail::consume_gradient_hook(name, s.taken);
     const T gamma = static_cast<T>(lr);
-    const bool snapshot = detail::shared_coin(ctx.seed, ctx.round, p);
-    T* w = s.snapshot.data();
-    for (std::size_t j = 0; j < d; ++j) {
-      if (snapshot) w[j] = x[j];
-      x[j] -= gamma * direction[j];
-    }
-    if (snapshot) s.refresh = true;
+    s.snapshot.flip(ctx, p, x);  // w <- x before the step, with probability p
+    for (std::size_t j = 0; j < d; ++j) x[j] -= gamma * direction[j];
   }
 };
 

@@ -36,13 +36,13 @@
 #include <span>
 #include <string>
 #include <string_view>
-#include <vector>
 
 #include "ecopt/counter_rng.hpp"
 #include "ecopt/detail/span_checks.hpp"
 #include "ecopt/error.hpp"
 #include "ecopt/optimizer.hpp"
 #include "ecopt/optimizers/detail/gradient_hook.hpp"
+#include "ecopt/optimizers/detail/loopless_snapshot.hpp"
 #include "ecopt/optimizers/detail/step_size.hpp"
 #include "ecopt/problem.hpp"
 #include "ecopt/round_context.hpp"
@@ -108,15 +108,9 @@ struct eclk {
   template <class T>
   struct state {
     vector_t<T> z;
-    vector_t<T> snapshot;           ///< w
-    vector_t<T> query;              ///< x_k of this round
-    vector_t<T> snapshot_gradient;  ///< u = grad f(w) of the global objective
-    vector_t<T> at_snapshot;        ///< scratch: the minibatch gradient at w
-    std::vector<std::size_t> batch;
-    std::uint64_t snapshots = 0;  ///< snapshot gradients exchanged so far
-    bool started = false;
-    bool refresh = false;  ///< the coin replaced w: u is due
-    bool taken = false;    ///< the gradient hook ran this round
+    vector_t<T> query;                      ///< x_k of this round
+    detail::loopless_snapshot<T> snapshot;  ///< w and u = grad f(w) of the global objective
+    bool taken = false;                     ///< the gradient hook ran this round
   };
 
   template <class T>
@@ -125,11 +119,8 @@ struct eclk {
     const auto d = static_cast<Eigen::Index>(dim);
     state<T> s;
     s.z = vector_t<T>::Zero(d);
-    s.snapshot = vector_t<T>::Zero(d);
     s.query = vector_t<T>::Zero(d);
-    s.snapshot_gradient = vector_t<T>::Zero(d);
-    s.at_snapshot = vector_t<T>::Zero(d);
-    s.batch.assign(batch_size, 0);
+    s.snapshot = detail::loopless_snapshot<T>::zeros(dim, batch_size);
     return s;
   }
 
@@ -146,26 +137,15 @@ struct eclk {
     const auto d = static_cast<std::size_t>(s.z.size());
     detail::require_size(name, "x", static_cast<std::size_t>(y.size()), d);
     detail::require_size(name, "g", static_cast<std::size_t>(g.size()), d);
-    if (!s.started) {  // x_0 = y_0 = z_0 = w_0
-      s.z = y;
-      s.snapshot = y;
-      s.started = true;
-      s.refresh = true;
-    }
-    if (s.refresh) {  // every rank's coin agreed, so every rank is here this round
-      problem.gradient(s.snapshot, s.snapshot_gradient);
-      mean(std::span<T>(s.snapshot_gradient.data(), d));
-      s.refresh = false;
-      ++s.snapshots;
-    }
+    if (s.snapshot.start(y)) s.z = y;  // x_0 = y_0 = z_0 = w_0
+    // When due, every rank's coin agreed, so every rank is here this round.
+    s.snapshot.refresh(problem, mean);
     const T t1 = static_cast<T>(theta1);
     const T t2 = static_cast<T>(theta2);
     const T t3 = T(1) - t1 - t2;
-    s.query = t1 * s.z + t2 * s.snapshot + t3 * y;
-    detail::draw_samples(sampler, problem.samples(), s.batch);
-    problem.sample_gradient(s.query, s.batch, g);
-    problem.sample_gradient(s.snapshot, s.batch, s.at_snapshot);
-    g -= s.at_snapshot;
+    s.query = t1 * s.z + t2 * s.snapshot.point + t3 * y;
+    s.snapshot.sample_gradients(problem, sampler, s.query, g);
+    g -= s.snapshot.at_point;
     s.taken = true;
   }
 
@@ -181,19 +161,16 @@ struct eclk {
     const T pull = static_cast<T>(lr * mu);
     const T shrink = T(1) / (T(1) + pull);
     const T t1 = static_cast<T>(theta1);
-    const bool snapshot = detail::shared_coin(ctx.seed, ctx.round, p);
+    s.snapshot.flip(ctx, p, y);  // w <- the old y, with probability p
     T* z = s.z.data();
-    T* w = s.snapshot.data();
     const T* q = s.query.data();
-    const T* u = s.snapshot_gradient.data();
+    const T* u = s.snapshot.gradient.data();
     for (std::size_t j = 0; j < d; ++j) {
       const T z_next = (pull * q[j] + z[j] - step * (direction[j] + u[j])) * shrink;
       const T y_next = q[j] + t1 * (z_next - z[j]);
       z[j] = z_next;
-      if (snapshot) w[j] = y[j];
       y[j] = y_next;
     }
-    if (snapshot) s.refresh = true;
   }
 };
 

@@ -36,6 +36,7 @@
 #include "ecopt/counter_rng.hpp"
 #include "ecopt/error.hpp"
 #include "ecopt/problem.hpp"
+#include "ecopt/problems/detail/softmax_cross_entropy.hpp"
 #include "ecopt/problems/shard.hpp"
 #include "ecopt/problems/softmax_regression.hpp"
 
@@ -176,7 +177,7 @@ class mlp {
       auto z = logits_.leftCols(n);
       forward(x, a_.middleCols(s, n), h, z);
       for (Eigen::Index j = 0; j < n; ++j) {
-        sum += cross_entropy(z.col(j), labels_[static_cast<std::size_t>(s + j)], false);
+        sum += detail::softmax_cross_entropy(z.col(j), labels_[static_cast<std::size_t>(s + j)]);
       }
     }
     return sum / static_cast<double>(samples()) + 0.5 * options_.l2 * weights_squared_norm(x);
@@ -307,7 +308,7 @@ class mlp {
     const mlp_layout at = layout();
     forward(x, a, h, z);
     for (Eigen::Index j = 0; j < z.cols(); ++j) {
-      cross_entropy(z.col(j), labels[static_cast<std::size_t>(j)], true);
+      detail::softmax_cross_entropy_gradient(z.col(j), labels[static_cast<std::size_t>(j)]);
     }
     // z now holds dloss/dlogits: the output layer's gradient, then the hidden layer's.
     detail::gemm_accumulate(block_map(g.data() + at.w2, classes_, rows_hidden()), z, h.transpose());
@@ -323,25 +324,6 @@ class mlp {
     detail::gemm_accumulate(block_map(g.data() + at.w1, rows_hidden(), a_.rows()), back,
                             a.transpose());
     segment(g.data() + at.b1, rows_hidden()) += back.rowwise().sum();
-  }
-
-  /// The cross-entropy of one column of logits against `label` (log-softmax
-  /// with the maximum subtracted). With `to_gradient`, overwrites the column
-  /// with softmax - onehot(label), the gradient of the loss in the logits.
-  template <class Col>
-  static double cross_entropy(Col&& z, int label, bool to_gradient) {
-    const T top = z.maxCoeff();
-    const T shifted_label = z[label] - top;
-    T sum = 0;
-    if (to_gradient) {
-      z = (z.array() - top).exp();
-      sum = z.sum();
-      z *= T(1) / sum;
-      z[label] -= T(1);
-    } else {
-      sum = (z.array() - top).exp().sum();
-    }
-    return static_cast<double>(std::log(sum) - shifted_label);
   }
 
   [[nodiscard]] double weights_squared_norm(const Eigen::Ref<const vector_t<T>>& x) const {

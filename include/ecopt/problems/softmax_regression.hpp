@@ -14,7 +14,6 @@
 // the member accuracy never touch the heap after construction.
 #include <Eigen/Core>
 #include <algorithm>
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -27,6 +26,7 @@
 #include "ecopt/counter_rng.hpp"
 #include "ecopt/error.hpp"
 #include "ecopt/problem.hpp"
+#include "ecopt/problems/detail/softmax_cross_entropy.hpp"
 #include "ecopt/problems/shard.hpp"
 
 namespace ecopt {
@@ -150,7 +150,7 @@ class softmax_regression {
       auto z = logits_.leftCols(n);
       compute_logits(x, a_.middleCols(s, n), z);
       for (Eigen::Index j = 0; j < n; ++j) {
-        sum += cross_entropy(z.col(j), labels_[static_cast<std::size_t>(s + j)], false);
+        sum += detail::softmax_cross_entropy(z.col(j), labels_[static_cast<std::size_t>(s + j)]);
       }
     }
     return sum / static_cast<double>(samples()) +
@@ -168,7 +168,7 @@ class softmax_regression {
       const auto block = a_.middleCols(s, n);
       compute_logits(x, block, z);
       for (Eigen::Index j = 0; j < n; ++j) {
-        cross_entropy(z.col(j), labels_[static_cast<std::size_t>(s + j)], true);
+        detail::softmax_cross_entropy_gradient(z.col(j), labels_[static_cast<std::size_t>(s + j)]);
       }
       detail::gemm_accumulate(gw, z, block.transpose());
       if (options_.bias) g.tail(classes_) += z.rowwise().sum();
@@ -192,7 +192,8 @@ class softmax_regression {
     }
     compute_logits(x, batch_x_, batch_logits_);
     for (Eigen::Index j = 0; j < batch_logits_.cols(); ++j) {
-      cross_entropy(batch_logits_.col(j), batch_labels_[static_cast<std::size_t>(j)], true);
+      detail::softmax_cross_entropy_gradient(batch_logits_.col(j),
+                                             batch_labels_[static_cast<std::size_t>(j)]);
     }
     g.setZero();
     detail::gemm_accumulate(weights(g), batch_logits_, batch_x_.transpose());
@@ -275,25 +276,6 @@ class softmax_regression {
       z.setZero();
     }
     detail::gemm_accumulate(z, w, block);
-  }
-
-  /// The cross-entropy of one column of logits against `label` (log-softmax
-  /// with the maximum subtracted). With `to_gradient`, overwrites the column
-  /// with softmax - onehot(label), the gradient of the loss in the logits.
-  template <class Col>
-  static double cross_entropy(Col&& z, int label, bool to_gradient) {
-    const T top = z.maxCoeff();
-    const T shifted_label = z[label] - top;
-    T sum = 0;
-    if (to_gradient) {
-      z = (z.array() - top).exp();
-      sum = z.sum();
-      z *= T(1) / sum;
-      z[label] -= T(1);
-    } else {
-      sum = (z.array() - top).exp().sum();
-    }
-    return static_cast<double>(std::log(sum) - shifted_label);
   }
 
   static double accuracy_impl(
