@@ -15,13 +15,14 @@
 // allocation.
 //
 // Threads: one io thread per transport runs every socket (Boost.Asio).
-//  * send() copies the payload into a pooled buffer, checksums it and queues
-//    it for the peer's link, then returns: it never waits for the receiver or
-//    the network, and the caller may reuse its data at once (the same
-//    contract as thread_transport; zero-copy would need the caller to keep
-//    the data alive until written, which the Transport concept does not ask
-//    of it). The io thread writes each link's queue with scatter/gather
-//    writes (header + payload, up to 8 frames per system call).
+//  * send() never waits for the receiver or the network, and the caller may
+//    reuse its data at once (the same contract as thread_transport). When
+//    the peer's link has nothing queued, send() writes the frame itself with
+//    one non-blocking gathered sendmsg straight from the caller's data (no
+//    copy, no hand-over to the io thread); whatever the socket does not take
+//    at once -- and every frame while others wait -- is copied into a pooled
+//    buffer and queued. The io thread writes each link's queue with
+//    scatter/gather writes (header + payload, up to 8 frames per system call).
 //  * The io thread reads every link all the time, into pooled buffers, and
 //    queues each checked message in the link's inbox; recv() takes it with a
 //    buffer swap, handing its old buffer back to the pool. So a peer's
@@ -41,6 +42,8 @@
 // POSIX only (the io thread is woken through a pipe, which keeps send free of
 // allocations). Use one tcp_transport from one thread at a time.
 #include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -413,7 +416,7 @@ class tcp_transport {
       if (failed_.load(std::memory_order_relaxed)) throw transport_error(head + failure_);
       throw transport_error(head + "rank " + std::to_string(to) + " has closed its transport");
     }
-    enqueue(to, detail::tcp_wire::frame_kind::data, tag, data);
+    send_data(to, tag, data);
     bytes_sent_ += data.size();
     wire_bytes_sent_ += detail::tcp_wire::header_size + data.size();
   }
@@ -449,7 +452,8 @@ class tcp_transport {
 
   struct outgoing {
     detail::tcp_wire::header_bytes header{};
-    std::vector<std::byte> payload;
+    std::size_t header_skip = 0;     ///< header bytes written already (by send_data)
+    std::vector<std::byte> payload;  ///< what remains of the payload to write
   };
 
   struct message {
@@ -459,8 +463,12 @@ class tcp_transport {
   };
 
   struct link {
-    explicit link(tcp::socket s) : socket(std::move(s)) {}
+    explicit link(tcp::socket s) : socket(std::move(s)), descriptor(socket.native_handle()) {}
     tcp::socket socket;  // io thread only
+    // For send_data's direct writes, under send_mutex_; close_socket sets
+    // descriptor_closed first, so the number is never used once closed.
+    int descriptor;
+    bool descriptor_closed = false;
     // Send side, guarded by send_mutex_ (inflight: io thread while writing).
     detail::ring_fifo<outgoing> queue;
     std::array<outgoing, max_batch> inflight{};
@@ -533,8 +541,72 @@ class tcp_transport {
     }
   }
 
+  /// Sends a data frame: written straight from `data` while the link is
+  /// idle, the rest (or all of it) queued for the io thread.
+  void send_data(int to, message_tag tag, std::span<const std::byte> data) {
+    link& l = *links_[static_cast<std::size_t>(to)];
+    const detail::tcp_wire::header_bytes header = detail::tcp_wire::make_header(
+        frame_kind::data, static_cast<std::uint32_t>(rank_), tag, data);
+    std::size_t written = 0;
+    {
+      std::lock_guard lock(send_mutex_);
+      // Frames queued or being written go first; a dead link drops frames.
+      if (l.writing || !l.queue.empty() || l.write_dead || l.descriptor_closed) {
+        written = 0;
+      } else {
+        written = write_now(l.descriptor, header, data);
+        if (written == header.size() + data.size()) return;
+      }
+    }
+    // The socket's buffer is full (or the link busy): queue what is left. No
+    // other thread queues data frames, so nothing can get in between.
+    if (written < header.size()) {
+      enqueue(to, frame_kind::data, tag, data, &header, written);
+    } else {
+      enqueue(to, frame_kind::data, tag, data.subspan(written - header.size()), &header,
+              header.size());
+    }
+  }
+
+  /// Writes header + data with non-blocking gathered sends until the socket
+  /// takes no more; returns the bytes written. Errors stop it quietly: the
+  /// io thread's write of the rest meets them and fails the link as usual.
+  static std::size_t write_now(int descriptor, const detail::tcp_wire::header_bytes& header,
+                               std::span<const std::byte> data) noexcept {
+    const std::size_t total = header.size() + data.size();
+    std::size_t done = 0;
+    while (done < total) {
+      iovec parts[2];
+      int count = 0;
+      if (done < header.size()) {
+        parts[count++] = {const_cast<std::byte*>(header.data()) + done, header.size() - done};
+        if (!data.empty()) parts[count++] = {const_cast<std::byte*>(data.data()), data.size()};
+      } else {
+        const std::size_t offset = done - header.size();
+        parts[count++] = {const_cast<std::byte*>(data.data()) + offset, data.size() - offset};
+      }
+      msghdr message{};
+      message.msg_iov = parts;
+      message.msg_iovlen = static_cast<decltype(message.msg_iovlen)>(count);
+      const ssize_t n = ::sendmsg(descriptor, &message, MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (n > 0) {
+        done += static_cast<std::size_t>(n);
+      } else if (n < 0 && errno == EINTR) {
+        continue;
+      } else {
+        break;  // EAGAIN: the socket buffer is full; an error: see above
+      }
+    }
+    return done;
+  }
+
   /// Copies `data` into a pooled buffer, frames it and queues it for `to`.
-  void enqueue(int to, frame_kind kind, message_tag tag, std::span<const std::byte> data) {
+  /// With `header` given, `data` is what remains of that frame's payload after
+  /// header_skip bytes of the header (and, when all of it, part of the
+  /// payload) were written by send_data.
+  void enqueue(int to, frame_kind kind, message_tag tag, std::span<const std::byte> data,
+               const detail::tcp_wire::header_bytes* header = nullptr,
+               std::size_t header_skip = 0) {
     link& l = *links_[static_cast<std::size_t>(to)];
     outgoing frame;
     std::size_t extra = 0;
@@ -557,8 +629,13 @@ class tcp_transport {
     std::vector<std::vector<std::byte>> extras(extra);
     for (auto& e : extras) e.reserve(std::min(data.size(), spare_reserve_cap));
     frame.payload.assign(data.begin(), data.end());  // within capacity after warm-up
-    frame.header =
-        detail::tcp_wire::make_header(kind, static_cast<std::uint32_t>(rank_), tag, frame.payload);
+    if (header != nullptr) {
+      frame.header = *header;
+      frame.header_skip = header_skip;
+    } else {
+      frame.header = detail::tcp_wire::make_header(kind, static_cast<std::uint32_t>(rank_), tag,
+                                                   frame.payload);
+    }
     {
       std::lock_guard lock(send_mutex_);
       if (extra > 0) {
@@ -783,11 +860,12 @@ class tcp_transport {
       l.inflight_count = n;
       l.writing = true;
       for (std::size_t i = 0; i < n; ++i) {
-        l.write_buffers[buffers++] = boost::asio::buffer(l.inflight[i].header);
-        if (!l.inflight[i].payload.empty()) {
-          l.write_buffers[buffers++] = boost::asio::buffer(l.inflight[i].payload);
+        const outgoing& f = l.inflight[i];
+        if (f.header_skip < f.header.size()) {
+          l.write_buffers[buffers++] = boost::asio::buffer(f.header) + f.header_skip;
         }
-        total += l.inflight[i].header.size() + l.inflight[i].payload.size();
+        if (!f.payload.empty()) l.write_buffers[buffers++] = boost::asio::buffer(f.payload);
+        total += f.header.size() - f.header_skip + f.payload.size();
       }
     }
     boost::asio::async_write(
@@ -940,6 +1018,10 @@ class tcp_transport {
   void close_socket(int j) {
     error_code ignored;
     link& l = *links_[static_cast<std::size_t>(j)];
+    {
+      std::lock_guard lock(send_mutex_);  // not while send_data writes to it
+      l.descriptor_closed = true;
+    }
     l.socket.shutdown(tcp::socket::shutdown_both, ignored);
     l.socket.close(ignored);
   }
