@@ -6,10 +6,12 @@
 //   mpirun -np 4 --mca btl self,vader build/release/bench/collectives --transports=mpi,threads
 //
 // (scripts/bench-collectives.sh runs both for 2 and 4 ranks.) Rows:
-//   mpi      -- MPI_Allreduce / MPI_Allgather on MPI_COMM_WORLD (the btl decides TCP or shared
-//   memory) tcp      -- tcp_transport over 127.0.0.1, one per process (rank 0's port is shared
-//   through MPI) threads  -- thread_transport: rank 0's process runs all P ranks as threads; the
-//               other processes sleep meanwhile
+//  * mpi: MPI_Allreduce / MPI_Allgather on MPI_COMM_WORLD (the btl decides
+//    TCP or shared memory);
+//  * tcp: tcp_transport over 127.0.0.1, one per process (rank 0's port is
+//    shared through MPI); tcp-unchecked: the same without payload checksums;
+//  * threads: thread_transport; rank 0's process runs all P ranks as threads,
+//    the other processes sleep meanwhile.
 // Figures: time per operation (the slowest rank's, best of the repetitions) and
 // bus bandwidth as nccl-tests define it: allreduce 2(P-1)/P * bytes / time,
 // allgather (P-1)/P * (P * block bytes) / time, so that one number compares
@@ -51,17 +53,18 @@ struct settings {
   int log2_step = 2;
   double seconds = 0.3;  ///< time budget per (row, size)
   int repetitions = 3;
-  bool mpi = true, tcp = true, threads = true;
+  bool mpi = true, tcp = true, tcp_unchecked = false, threads = true;
   bool allreduce = true, allgather = true;
 };
 
 [[noreturn]] void usage(const char* error) {
-  std::fprintf(stderr,
-               "collectives: %s\n"
-               "usage: mpirun -np P collectives [--min=LOG2] [--max=LOG2] [--step=LOG2]\n"
-               "       [--seconds=S] [--repetitions=N] [--transports=mpi,tcp,threads]\n"
-               "       [--ops=allreduce,allgather]\n",
-               error);
+  std::fprintf(
+      stderr,
+      "collectives: %s\n"
+      "usage: mpirun -np P collectives [--min=LOG2] [--max=LOG2] [--step=LOG2]\n"
+      "       [--seconds=S] [--repetitions=N] [--transports=mpi,tcp,tcp-unchecked,threads]\n"
+      "       [--ops=allreduce,allgather]\n",
+      error);
   MPI_Abort(MPI_COMM_WORLD, 2);
   std::exit(2);
 }
@@ -103,6 +106,7 @@ settings parse(int argc, char** argv) {
     } else if (const char* v = value("--transports=")) {
       s.mpi = has(v, "mpi");
       s.tcp = has(v, "tcp");
+      s.tcp_unchecked = has(v, "tcp-unchecked");
       s.threads = has(v, "threads");
     } else if (const char* v = value("--ops=")) {
       s.allreduce = has(v, "allreduce");
@@ -224,11 +228,12 @@ int main(int argc, char** argv) {
   if (s.allreduce) ops.emplace_back("allreduce");
   if (s.allgather) ops.emplace_back("allgather");
 
-  // One tcp_transport per process, connected through rank 0's port (shared by MPI).
-  std::unique_ptr<ecopt::tcp_transport> tcp;
-  if (s.tcp && world > 1) {
+  // One tcp_transport per process, connected through rank 0's port (shared by
+  // MPI); "tcp-unchecked" is a second one without payload checksums.
+  auto connect_tcp = [&](bool payload_checksum) {
     ecopt::tcp_options options{.rank = rank, .world_size = world};
     options.job_token = "bench-collectives";
+    options.payload_checksum = payload_checksum;
     if (rank == 0) {
       options.on_listening = [](std::uint16_t port) {
         int p = port;
@@ -239,8 +244,11 @@ int main(int argc, char** argv) {
       MPI_Bcast(&port, 1, MPI_INT, 0, MPI_COMM_WORLD);
       options.address = "127.0.0.1:" + std::to_string(port);
     }
-    tcp = std::make_unique<ecopt::tcp_transport>(options);
-  }
+    return std::make_unique<ecopt::tcp_transport>(options);
+  };
+  std::unique_ptr<ecopt::tcp_transport> tcp, tcp_unchecked;
+  if (s.tcp && world > 1) tcp = connect_tcp(true);
+  if (s.tcp_unchecked && world > 1) tcp_unchecked = connect_tcp(false);
 
   for (int lg = s.min_log2; lg <= s.max_log2; lg += s.log2_step) {
     const std::size_t n = std::size_t{1} << lg;
@@ -266,19 +274,23 @@ int main(int argc, char** argv) {
             [] { MPI_Barrier(MPI_COMM_WORLD); });
         rows.push_back({"Open MPI", op, world, n, t});
       }
-      if (tcp) {
+      for (auto* transport : {tcp.get(), tcp_unchecked.get()}) {
+        if (transport == nullptr) continue;
         ecopt::collective_workspace ws;
         const double t = time_per_op(
             s,
             [&] {
               if (reduce) {
-                ecopt::allreduce_sum(*tcp, std::span<float>(data), ws);
+                ecopt::allreduce_sum(*transport, std::span<float>(data), ws);
               } else {
-                ecopt::allgather(*tcp, std::span<const float>(mine), std::span<float>(data), ws);
+                ecopt::allgather(*transport, std::span<const float>(mine), std::span<float>(data),
+                                 ws);
               }
             },
             [] { MPI_Barrier(MPI_COMM_WORLD); });
-        rows.push_back({"ecopt tcp_transport", op, world, n, t});
+        rows.push_back(
+            {transport == tcp.get() ? "ecopt tcp_transport" : "ecopt tcp_transport, no payload CRC",
+             op, world, n, t});
       }
       if (s.threads && world > 1) {
         double t = 0;
@@ -331,5 +343,6 @@ int main(int argc, char** argv) {
     }
   }
   tcp.reset();
+  tcp_unchecked.reset();
   return 0;
 }

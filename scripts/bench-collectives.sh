@@ -21,7 +21,7 @@ if [[ "$(id -u)" -eq 0 ]]; then run+=(--allow-run-as-root); fi
 
 for ranks in 2 4; do
   echo "### ${ranks} ranks: Open MPI over TCP vs tcp_transport"
-  "${run[@]}" -np "$ranks" --mca btl self,tcp "$bench" --transports=mpi,tcp "$@"
+  "${run[@]}" -np "$ranks" --mca btl self,tcp "$bench" --transports=mpi,tcp,tcp-unchecked "$@"
   echo
   echo "### ${ranks} ranks: Open MPI over shared memory vs thread_transport"
   "${run[@]}" -np "$ranks" --mca btl self,vader "$bench" --transports=mpi,threads "$@"

@@ -196,16 +196,23 @@ TEST_SUITE("tcp_transport") {
   }
 
   TEST_CASE("tcp_options::from_environment reads the ECOPT_* variables") {
-    const char* names[] = {
-        "ECOPT_RANK",        "ECOPT_WORLD_SIZE",         "ECOPT_ADDR",
-        "ECOPT_LISTEN_HOST", "ECOPT_JOB_TOKEN",          "ECOPT_TIMEOUT_MS",
-        "ECOPT_PORT_FILE",   "ECOPT_CONNECT_TIMEOUT_MS", "ECOPT_MAX_MESSAGE_BYTES"};
+    const char* names[] = {"ECOPT_RANK",
+                           "ECOPT_WORLD_SIZE",
+                           "ECOPT_ADDR",
+                           "ECOPT_LISTEN_HOST",
+                           "ECOPT_JOB_TOKEN",
+                           "ECOPT_TIMEOUT_MS",
+                           "ECOPT_PORT_FILE",
+                           "ECOPT_CONNECT_TIMEOUT_MS",
+                           "ECOPT_MAX_MESSAGE_BYTES",
+                           "ECOPT_PAYLOAD_CHECKSUM"};
     for (const char* n : names) ::unsetenv(n);
 
     tcp_options o = tcp_options::from_environment();
     CHECK(o.rank == 0);
     CHECK(o.world_size == 1);
     CHECK(o.address == "127.0.0.1:0");
+    CHECK(o.payload_checksum);
 
     ::setenv("ECOPT_RANK", "2", 1);
     ::setenv("ECOPT_WORLD_SIZE", "4", 1);
@@ -213,7 +220,9 @@ TEST_SUITE("tcp_transport") {
     ::setenv("ECOPT_JOB_TOKEN", "job-7", 1);
     ::setenv("ECOPT_TIMEOUT_MS", "1500", 1);
     ::setenv("ECOPT_PORT_FILE", "/tmp/port", 1);
+    ::setenv("ECOPT_PAYLOAD_CHECKSUM", "0", 1);
     o = tcp_options::from_environment();
+    CHECK_FALSE(o.payload_checksum);
     CHECK(o.rank == 2);
     CHECK(o.world_size == 4);
     CHECK(o.address == "10.0.0.1:4242");
@@ -239,6 +248,9 @@ TEST_SUITE("tcp_transport") {
     ::setenv("ECOPT_RANK", "4", 1);
     CHECK(contains(message(), "rank 4"));
     ::setenv("ECOPT_RANK", "1", 1);
+    ::setenv("ECOPT_PAYLOAD_CHECKSUM", "yes", 1);
+    CHECK(contains(message(), "ECOPT_PAYLOAD_CHECKSUM='yes'"));
+    ::unsetenv("ECOPT_PAYLOAD_CHECKSUM");
     ::setenv("ECOPT_TIMEOUT_MS", "0", 1);
     CHECK(contains(message(), "ECOPT_TIMEOUT_MS"));
     ::unsetenv("ECOPT_TIMEOUT_MS");
@@ -297,13 +309,56 @@ TEST_SUITE("tcp_transport") {
     CHECK(contains(error_of(resealed(4, std::byte{2})), "version 2"));
     CHECK(contains(error_of(resealed(5, std::byte{0})), "kind 0"));
     CHECK(contains(error_of(resealed(5, std::byte{99})), "kind 99"));
-    CHECK(contains(error_of(resealed(6, std::byte{1})), "flags"));
+    CHECK(contains(error_of(resealed(6, std::byte{2})), "flags are 2"));
+    // The "no payload checksum" flag on a frame that has one is a broken header.
+    CHECK(contains(error_of(resealed(6, std::byte{1})), "without a payload checksum"));
     CHECK(contains(error_of(good, 99), "exceeds the maximum of 99 bytes"));
 
     auto corrupt = payload;
     corrupt[50] ^= std::byte{0x10};
     CHECK_THROWS_WITH_AS(wire::check_payload(h, corrupt), doctest::Contains("payload checksum"),
                          ecopt::transport_error);
+
+    // Without a payload checksum (tcp_options::payload_checksum = false): the
+    // header says so, and only the header is checked.
+    const wire::header_bytes unchecked =
+        wire::make_header(wire::frame_kind::data, 3, 0xEC0C1234u, payload, false);
+    const wire::frame_header u = wire::parse_header(unchecked, 1000);
+    CHECK(u.flags == wire::flag_payload_unchecked);
+    CHECK(u.payload_crc == 0u);
+    CHECK_NOTHROW(wire::check_payload(u, corrupt));
+    wire::header_bytes unchecked_flipped = unchecked;
+    unchecked_flipped[6] ^= std::byte{0x01};  // clearing the flag breaks the header's checksum
+    CHECK(contains(error_of(unchecked_flipped), "header checksum"));
+  }
+
+  TEST_CASE("ranks with and without payload checksums talk to each other") {
+    // Rank 0 sends unchecked frames, rank 1 checked ones; both directions
+    // deliver every size intact, and the wire bytes are the same as with checksums.
+    const std::vector<std::size_t> sizes{0, 1, 4097, 300'000};
+    const auto w = run_tcp(
+        2,
+        [&](tcp_transport& t) {
+          const int peer = 1 - t.rank();
+          int wrong = 0;
+          std::vector<std::byte> into;
+          for (std::size_t i = 0; i < sizes.size(); ++i) {
+            t.send(peer, 5, pattern(sizes[i], static_cast<unsigned>(t.rank() + 1)));
+          }
+          for (std::size_t i = 0; i < sizes.size(); ++i) {
+            t.recv(peer, 5, into);
+            if (into != pattern(sizes[i], static_cast<unsigned>(peer + 1))) ++wrong;
+          }
+          return std::pair{wrong, t.wire_bytes_sent()};
+        },
+        {}, [](int rank, ecopt::tcp_options& o) { o.payload_checksum = rank != 0; });
+    REQUIRE_MESSAGE(w.all_ok(), w.error_text());
+    std::uint64_t expected = 4 * wire::header_size;
+    for (const std::size_t size : sizes) expected += size;
+    for (int r = 0; r < 2; ++r) {
+      CHECK(w.values[static_cast<std::size_t>(r)]->first == 0);
+      CHECK(w.values[static_cast<std::size_t>(r)]->second == expected);
+    }
   }
 
   TEST_CASE("wire_bytes_sent counts every data frame's 32-byte header beside the payload") {

@@ -107,6 +107,12 @@ struct tcp_options {
   /// Frames longer than this are refused before anything is allocated for
   /// them; send() refuses larger messages too.
   std::uint64_t max_message_bytes = std::uint64_t{1} << 30;
+  /// Data frames carry a CRC-32C of their payload, checked by the receiver.
+  /// Turning it off saves two passes over every message (the sender's and
+  /// the receiver's), a third of the CPU time per byte when the cores are
+  /// busy; frames say whether they carry one, so ranks may differ here.
+  /// Headers are always checksummed. (Environment: ECOPT_PAYLOAD_CHECKSUM=0.)
+  bool payload_checksum = true;
   /// Rank 0 (world_size > 1): called with the bound port once it listens,
   /// before it waits for the others (e.g. to share a port-0 address in tests).
   std::function<void(std::uint16_t)> on_listening{};
@@ -193,6 +199,9 @@ struct tcp_options {
       o.listen_host = v;
     }
     if (const char* v = std::getenv("ECOPT_JOB_TOKEN"); v != nullptr) o.job_token = v;
+    if (const char* v = std::getenv("ECOPT_PAYLOAD_CHECKSUM"); v != nullptr && *v != '\0') {
+      o.payload_checksum = env_integer("ECOPT_PAYLOAD_CHECKSUM", v, 0, 1) != 0;
+    }
     if (const char* v = std::getenv("ECOPT_TIMEOUT_MS"); v != nullptr) {
       o.timeout = std::chrono::milliseconds(env_integer("ECOPT_TIMEOUT_MS", v, 1, 1ll << 40));
     }
@@ -316,7 +325,8 @@ class tcp_transport {
       : rank_(options.rank),
         world_(options.world_size),
         timeout_(options.timeout),
-        max_message_(options.max_message_bytes) {
+        max_message_(options.max_message_bytes),
+        payload_checksum_(options.payload_checksum) {
     options.validate();
     if (world_ == 1) return;  // no peers: nothing to connect
     namespace wire = detail::tcp_wire;
@@ -546,7 +556,7 @@ class tcp_transport {
   void send_data(int to, message_tag tag, std::span<const std::byte> data) {
     link& l = *links_[static_cast<std::size_t>(to)];
     const detail::tcp_wire::header_bytes header = detail::tcp_wire::make_header(
-        frame_kind::data, static_cast<std::uint32_t>(rank_), tag, data);
+        frame_kind::data, static_cast<std::uint32_t>(rank_), tag, data, payload_checksum_);
     std::size_t written = 0;
     {
       std::lock_guard lock(send_mutex_);
@@ -1069,6 +1079,7 @@ class tcp_transport {
   int world_;
   std::chrono::milliseconds timeout_;
   std::uint64_t max_message_;
+  bool payload_checksum_;
   std::uint64_t bytes_sent_ = 0;
   std::uint64_t wire_bytes_sent_ = 0;
   std::uint16_t listen_port_ = 0;

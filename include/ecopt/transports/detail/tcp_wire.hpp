@@ -6,11 +6,12 @@
 //    0  u32  magic        0x50544345, the bytes "ECTP"
 //    4  u8   version      1
 //    5  u8   kind         frame_kind
-//    6  u16  flags        0 (reserved)
+//    6  u16  flags        bit 0: the payload is not checksummed (payload_crc 0);
+//                         the other bits are reserved (0)
 //    8  u32  sender       the sending rank
 //   12  u32  tag          message_tag of a data frame (0 otherwise)
 //   16  u64  length       payload bytes that follow the header
-//   24  u32  payload_crc  CRC-32C of the payload
+//   24  u32  payload_crc  CRC-32C of the payload (0 when flags bit 0 is set)
 //   28  u32  header_crc   CRC-32C of bytes 0..27
 // The reader checks the magic first (a stream that is not ours), then the
 // header's own checksum (so a flipped bit is reported as such, not as a
@@ -72,12 +73,16 @@ enum class frame_kind : std::uint8_t {
   return "unknown";
 }
 
+/// Frame flag: the sender did not checksum the payload (tcp_options::payload_checksum).
+inline constexpr std::uint16_t flag_payload_unchecked = 0x1;
+
 struct frame_header {
   frame_kind kind = frame_kind::data;
   std::uint32_t sender = 0;
   message_tag tag = 0;
   std::uint64_t length = 0;
   std::uint32_t payload_crc = 0;
+  std::uint16_t flags = 0;
 };
 
 using header_bytes = std::array<std::byte, header_size>;
@@ -120,7 +125,7 @@ inline void encode_header(const frame_header& h, header_bytes& out) noexcept {
   put_u32(p, magic);
   p[4] = static_cast<std::byte>(version);
   p[5] = static_cast<std::byte>(h.kind);
-  put_u16(p + 6, 0);
+  put_u16(p + 6, h.flags);
   put_u32(p + 8, h.sender);
   put_u32(p + 12, h.tag);
   put_u64(p + 16, h.length);
@@ -128,16 +133,18 @@ inline void encode_header(const frame_header& h, header_bytes& out) noexcept {
   put_u32(p + 28, crc32c(std::span<const std::byte>(p, 28)));
 }
 
-/// Header of a frame carrying `payload`.
+/// Header of a frame carrying `payload`; with checksum false (data frames
+/// only) the payload's CRC is not computed and the frame says so.
 [[nodiscard]] inline header_bytes make_header(frame_kind kind, std::uint32_t sender,
-                                              message_tag tag,
-                                              std::span<const std::byte> payload) noexcept {
+                                              message_tag tag, std::span<const std::byte> payload,
+                                              bool checksum = true) noexcept {
   header_bytes out;
   encode_header({.kind = kind,
                  .sender = sender,
                  .tag = tag,
                  .length = payload.size(),
-                 .payload_crc = crc32c(payload)},
+                 .payload_crc = checksum ? crc32c(payload) : 0u,
+                 .flags = checksum ? std::uint16_t{0} : flag_payload_unchecked},
                 out);
   return out;
 }
@@ -168,14 +175,21 @@ inline void encode_header(const frame_header& h, header_bytes& out) noexcept {
     throw transport_error("unknown frame kind " + std::to_string(k));
   }
   const std::uint16_t flags = get_u16(p + 6);
-  if (flags != 0) {
-    throw transport_error("reserved frame flags are " + std::to_string(flags) + ", expected 0");
+  if ((flags & ~flag_payload_unchecked) != 0) {
+    throw transport_error("reserved frame flags are " + std::to_string(flags) + ", expected 0 or " +
+                          std::to_string(flag_payload_unchecked));
+  }
+  if ((flags & flag_payload_unchecked) != 0 &&
+      (k != static_cast<unsigned>(frame_kind::data) || get_u32(p + 24) != 0)) {
+    throw transport_error("only data frames may go without a payload checksum (kind " +
+                          std::to_string(k) + ", payload_crc " + hex32(get_u32(p + 24)) + ")");
   }
   frame_header h{.kind = static_cast<frame_kind>(k),
                  .sender = get_u32(p + 8),
                  .tag = get_u32(p + 12),
                  .length = get_u64(p + 16),
-                 .payload_crc = get_u32(p + 24)};
+                 .payload_crc = get_u32(p + 24),
+                 .flags = flags};
   if (h.length > max_length) {
     throw transport_error(std::string(kind_name(h.kind)) + " frame length " +
                           std::to_string(h.length) + " bytes exceeds the maximum of " +
@@ -186,6 +200,7 @@ inline void encode_header(const frame_header& h, header_bytes& out) noexcept {
 
 /// Throws transport_error unless `payload` matches the header's checksum.
 inline void check_payload(const frame_header& h, std::span<const std::byte> payload) {
+  if ((h.flags & flag_payload_unchecked) != 0) return;  // the sender chose not to checksum
   const std::uint32_t computed = crc32c(payload);
   if (computed != h.payload_crc) {
     throw transport_error(std::string(kind_name(h.kind)) + " frame payload checksum mismatch (" +
