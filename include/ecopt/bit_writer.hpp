@@ -167,7 +167,7 @@ class bit_writer {
         k = 0;
       }
     }
-    append_words(words, k);
+    if (k > 0) append_words(words, k);
     std::uint64_t w = 0;
     for (unsigned t = 0; i < n; ++i, ++t) w |= std::uint64_t{bytes[i]} << (8 * t);
     write(w, static_cast<unsigned>(8 * (n % 8)));

@@ -14,11 +14,24 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
 namespace ecopt {
 
 using message_tag = std::uint32_t;
+
+namespace detail {
+/// A tag as error messages show it: small (user) tags in decimal, reserved
+/// (collective) tags as 0x followed by eight hex digits.
+inline std::string tag_text(message_tag tag) {
+  if (tag < 0x10000u) return std::to_string(tag);
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string s = "0x";
+  for (int shift = 28; shift >= 0; shift -= 4) s += digits[(tag >> shift) & 0xfu];
+  return s;
+}
+}  // namespace detail
 
 template <class T>
 concept Transport = requires(T& t, const T& ct, int peer, message_tag tag,

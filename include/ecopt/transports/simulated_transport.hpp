@@ -152,18 +152,6 @@ struct network_model {
   }
 };
 
-namespace detail {
-
-inline std::string simulated_tag_text(message_tag tag) {
-  if (tag < 0x10000u) return std::to_string(tag);
-  static constexpr char digits[] = "0123456789abcdef";
-  std::string s = "0x";
-  for (int shift = 28; shift >= 0; shift -= 4) s += digits[(tag >> shift) & 0xfu];
-  return s;
-}
-
-}  // namespace detail
-
 /// Rank `inner.rank()` of a world whose messages are charged to a modelled
 /// clock. Holds a reference: `inner` must outlive it.
 template <Transport Inner>
@@ -254,8 +242,7 @@ class simulated_transport {
   void take_trailer(int from, message_tag tag, std::vector<std::byte>& into) {
     auto broken = [&](const std::string& why) {
       return transport_error("rank " + std::to_string(rank()) + ": message from rank " +
-                             std::to_string(from) + " (tag " + detail::simulated_tag_text(tag) +
-                             ") " + why +
+                             std::to_string(from) + " (tag " + detail::tag_text(tag) + ") " + why +
                              " (does every rank wrap its transport in "
                              "simulated_transport?)");
     };

@@ -307,11 +307,6 @@ struct const_buffer_range {
   [[nodiscard]] const_iterator end() const noexcept { return last; }
 };
 
-inline std::string tcp_tag_text(message_tag tag) {
-  if (tag < 0x10000u) return std::to_string(tag);
-  return tcp_wire::hex32(tag);
-}
-
 }  // namespace detail
 
 /// One rank's endpoint of a TCP world. Construction performs the rendezvous
@@ -422,7 +417,7 @@ class tcp_transport {
     if (failed_.load(std::memory_order_acquire) || !l.usable.load(std::memory_order_acquire)) {
       std::lock_guard lock(inbox_mutex_);
       const std::string head = "rank " + std::to_string(rank_) + ": cannot send to rank " +
-                               std::to_string(to) + " (tag " + detail::tcp_tag_text(tag) + "): ";
+                               std::to_string(to) + " (tag " + detail::tag_text(tag) + "): ";
       if (failed_.load(std::memory_order_relaxed)) throw transport_error(head + failure_);
       throw transport_error(head + "rank " + std::to_string(to) + " has closed its transport");
     }
@@ -730,13 +725,12 @@ class tcp_transport {
     if (result == outcome::received) return source;
     const std::string me = "rank " + std::to_string(rank_) + ": ";
     const std::string peer = from >= 0 ? "rank " + std::to_string(from) : "any rank";
-    const std::string wanted =
-        "a message from " + peer + " (tag " + detail::tcp_tag_text(tag) + ")";
+    const std::string wanted = "a message from " + peer + " (tag " + detail::tag_text(tag) + ")";
     switch (result) {
       case outcome::wrong_tag:
-        throw transport_error(me + "protocol mismatch: expected tag " + detail::tcp_tag_text(tag) +
+        throw transport_error(me + "protocol mismatch: expected tag " + detail::tag_text(tag) +
                               " from rank " + std::to_string(source) +
-                              " but its next message has tag " + detail::tcp_tag_text(actual_tag));
+                              " but its next message has tag " + detail::tag_text(actual_tag));
       case outcome::world_failed:
         throw transport_error(me + failure + " (while waiting for " + wanted + ")");
       case outcome::peer_closed:

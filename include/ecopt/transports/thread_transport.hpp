@@ -59,16 +59,6 @@ struct thread_transport_options {
 
 namespace detail {
 
-/// Formats a tag for error messages: small tags in decimal, reserved
-/// (collective) tags in hex.
-inline std::string format_tag(message_tag tag) {
-  if (tag < 0x10000u) return std::to_string(tag);
-  static constexpr char digits[] = "0123456789abcdef";
-  std::string s = "0x";
-  for (int shift = 28; shift >= 0; shift -= 4) s += digits[(tag >> shift) & 0xfu];
-  return s;
-}
-
 /// The state shared by the ranks of one run_threads call.
 class thread_world {
  public:
@@ -109,7 +99,7 @@ class thread_world {
   void send(int from, int to, message_tag tag, std::span<const std::byte> data) {
     if (failed_.load(std::memory_order_acquire)) {
       throw transport_error("rank " + std::to_string(from) + ": cannot send to rank " +
-                            std::to_string(to) + " (tag " + format_tag(tag) +
+                            std::to_string(to) + " (tag " + tag_text(tag) +
                             "): " + failure_description());
     }
     inbox& box = inboxes_[static_cast<std::size_t>(to)];
@@ -252,9 +242,9 @@ class thread_world {
       const collective_entry& theirs = entries[static_cast<std::size_t>(q)];
       if (theirs.tag != mine.tag || theirs.root != mine.root) {
         throw transport_error("rank " + std::to_string(self) + ": protocol mismatch: " + what +
-                              " (tag " + format_tag(mine.tag) + ", root " +
+                              " (tag " + tag_text(mine.tag) + ", root " +
                               std::to_string(mine.root) + ") met rank " + std::to_string(q) +
-                              " in tag " + format_tag(theirs.tag) + ", root " +
+                              " in tag " + tag_text(theirs.tag) + ", root " +
                               std::to_string(theirs.root));
       }
     }
@@ -502,12 +492,12 @@ class thread_world {
                                      message_tag actual_tag) const {
     const std::string me = "rank " + std::to_string(self) + ": ";
     const std::string peer = from >= 0 ? "rank " + std::to_string(from) : "any rank";
-    const std::string wanted = "a message from " + peer + " (tag " + format_tag(tag) + ")";
+    const std::string wanted = "a message from " + peer + " (tag " + tag_text(tag) + ")";
     switch (result) {
       case outcome::wrong_tag:
-        throw transport_error(me + "protocol mismatch: expected tag " + format_tag(tag) +
+        throw transport_error(me + "protocol mismatch: expected tag " + tag_text(tag) +
                               " from rank " + std::to_string(from) +
-                              " but its next message has tag " + format_tag(actual_tag));
+                              " but its next message has tag " + tag_text(actual_tag));
       case outcome::world_failed:
         throw transport_error(me + failure_description() + " (while waiting for " + wanted + ")");
       case outcome::peer_finished:
