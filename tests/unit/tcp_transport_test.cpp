@@ -266,12 +266,42 @@ TEST_SUITE("tcp_transport") {
     CHECK(ecopt::detail::crc32c({}) == 0u);
     // Long inputs take the hardware path's three-lane blocks (3 x 8 KiB) and a tail.
     const auto data = pattern(100'000, 3);
-    for (std::size_t n : {0, 1, 7, 8, 9, 63, 64, 999, 24'575, 24'576, 24'583, 49'152, 100'000}) {
+    // From 1 KiB on, CPUs with VPCLMULQDQ fold 256-byte blocks: lengths around
+    // the block and threshold edges, each with a tail.
+    for (std::size_t n : {0,    1,    7,    8,    9,    63,     64,     999,    1023,   1024,
+                          1025, 1279, 1280, 1281, 4100, 24'575, 24'576, 24'583, 49'152, 100'000}) {
       CAPTURE(n);
       const std::uint32_t portable =
           ~ecopt::detail::crc32c_update_portable(0xFFFFFFFFu, data.data(), n);
       CHECK(ecopt::detail::crc32c(std::span(data).first(n)) == portable);
     }
+#if ECOPT_DETAIL_CRC32C_HW
+    // The folding path on its own (from 256 bytes), from any register value and
+    // alignment; the constants it derives must fold every bit position.
+    if (ecopt::detail::crc32c_folding_available()) {
+      for (std::size_t n : {256, 257, 300, 511, 512, 767, 768, 1000, 5000, 65'536}) {
+        for (std::uint32_t init : {0u, 0xFFFFFFFFu, 0x9E3779B9u}) {
+          for (std::size_t offset : {0, 1, 13}) {
+            CAPTURE(n);
+            CAPTURE(init);
+            CAPTURE(offset);
+            CHECK(ecopt::detail::crc32c_update_vpclmul(init, data.data() + offset, n) ==
+                  ecopt::detail::crc32c_update_portable(init, data.data() + offset, n));
+          }
+        }
+      }
+      // A single flipped bit anywhere changes the checksum.
+      auto flipped = std::vector<std::byte>(data.begin(), data.begin() + 4096);
+      const std::uint32_t clean = ecopt::detail::crc32c(flipped);
+      for (std::size_t bit = 0; bit < 4096 * 8; bit += 997) {
+        flipped[bit / 8] ^= std::byte{static_cast<unsigned char>(1u << (bit % 8))};
+        CHECK(ecopt::detail::crc32c(flipped) != clean);
+        flipped[bit / 8] ^= std::byte{static_cast<unsigned char>(1u << (bit % 8))};
+      }
+    } else {
+      MESSAGE("this CPU lacks AVX-512 VPCLMULQDQ: the folding path is not exercised");
+    }
+#endif
   }
 
   TEST_CASE("frame headers round-trip and every field is checked") {
