@@ -85,7 +85,7 @@ std::vector<std::byte> block_of_rank(int rank, int iteration) {
 
 TEST_CASE_TEMPLATE("allreduce_sum matches a serial sum, bitwise equal on every rank", V, float,
                    double, std::uint64_t, int) {
-  for (int n = 1; n <= 5; ++n) {
+  for (const int n : {1, 2, 3, 4, 5, 8}) {
     for (const std::size_t size : test_sizes(n)) {
       CAPTURE(n);
       CAPTURE(size);
@@ -122,7 +122,7 @@ TEST_CASE_TEMPLATE("allreduce_sum matches a serial sum, bitwise equal on every r
 
 TEST_CASE_TEMPLATE("allreduce_max matches a serial maximum on every rank", V, float, double,
                    std::uint64_t, int) {
-  for (int n = 1; n <= 5; ++n) {
+  for (const int n : {1, 2, 3, 4, 5, 8}) {
     for (const std::size_t size :
          {std::size_t{0}, std::size_t{1}, static_cast<std::size_t>(n - 1), std::size_t{1000}}) {
       CAPTURE(n);
@@ -145,7 +145,7 @@ TEST_CASE_TEMPLATE("allreduce_max matches a serial maximum on every rank", V, fl
 
 TEST_CASE("allreduce sends 2(n-1)/n of the data per rank") {
   constexpr std::size_t size = 120;  // divisible by every n below
-  for (int n = 1; n <= 5; ++n) {
+  for (const int n : {1, 2, 3, 4, 5, 8}) {
     CAPTURE(n);
     const auto sent = run_threads(n, [&](thread_transport& t) {
       std::vector<double> data(size, 1.0);
@@ -336,10 +336,11 @@ class ring_only {
 };
 static_assert(ecopt::Transport<ring_only>);
 
-TEST_CASE("shared-memory collectives give the ring's bits and count the ring's bytes") {
+TEST_CASE("shared-memory collectives give the message algorithms' bits and bytes") {
   // Same inputs through thread_transport's shared-memory collectives and
-  // through the ring algorithms over its messages: results bitwise equal
-  // (the reduction order is the ring's), bytes_sent() equal per rank.
+  // through the message algorithms (ring; halving-doubling for 4 and 8 ranks)
+  // over its messages: results bitwise equal (the same reduction order),
+  // bytes_sent() equal per rank.
   struct outcome {
     std::vector<float> sum_f;
     std::vector<double> max_d;
@@ -370,7 +371,7 @@ TEST_CASE("shared-memory collectives give the ring's bits and count the ring's b
     o.bytes.push_back(t.bytes_sent());
     return o;
   };
-  for (int n = 1; n <= 5; ++n) {
+  for (const int n : {1, 2, 3, 4, 5, 8}) {
     for (const std::size_t count : test_sizes(n)) {
       CAPTURE(n);
       CAPTURE(count);

@@ -18,9 +18,10 @@
 // do not pass messages here: the ranks share an address space, so each rank
 // publishes a pointer to its data, and after a rendezvous every rank reads
 // what it needs straight from its peers' memory -- one copy instead of the
-// ring's two or three (see native_allreduce_sum). The reduction order is the
-// ring's, so results are bitwise those of the ring collectives over any other
-// transport, and bytes_sent() counts what the ring would have sent.
+// ring's two or three (see native_allreduce_sum). The reduction order is that
+// of the message algorithms (ring, or halving-doubling for 4, 8, ... ranks),
+// so results are bitwise those of the collectives over any other transport,
+// and bytes_sent() counts what the messages would have been.
 //
 // Failures never hang a world: a recv waits at most timeout(), returns at once
 // with transport_error when the awaited peer has finished, is waiting in a
@@ -583,9 +584,11 @@ class thread_transport {
   // peer still reads. bytes_sent() grows by what the ring collectives would
   // send, so reports agree with those over the other transports.
 
-  /// Ring allreduce's arithmetic in shared memory: rank r reduces chunk r+1
-  /// (acc = x_{r+1}; acc = op(x_k, acc) for k = r+2, ..., r, as the ring's
-  /// messages would fold it), then every rank copies each chunk from its owner.
+  /// The message allreduce's arithmetic in shared memory. Ring (n not 4, 8,
+  /// ...): rank r reduces chunk r+1 (acc = x_{r+1}; acc = op(x_k, acc) for
+  /// k = r+2, ..., r, as the ring's messages would fold it), then every rank
+  /// copies each chunk from its owner; halving-doubling: see
+  /// shared_halving_doubling.
   template <reducible_value V>
   void native_allreduce_sum(std::span<V> data) {
     shared_allreduce(data, collective_tag_for<V>(collective_tag::allreduce_sum), "allreduce_sum",
@@ -723,6 +726,10 @@ class thread_transport {
     auto input_of = [&](int q) {
       return reinterpret_cast<const V*>(entries[static_cast<std::size_t>(q)].input);
     };
+    if (detail::halving_doubling_applies(n)) {
+      shared_halving_doubling(data, entries, what, op);
+      return;
+    }
     // Reduce the owned chunk in blocks that stay in L1.
     const int owned = detail::ring_index(rank_ + 1, n);
     const detail::part_bounds mine = detail::even_part(data.size(), n, owned);
@@ -763,6 +770,59 @@ class thread_transport {
     const std::uint64_t skip_2 =
         detail::even_part(data.size(), n, detail::ring_index(rank_ + 2, n)).size * sizeof(V);
     bytes_sent_ += (total - skip_1) + (total - skip_2);
+  }
+
+  /// The halving-doubling allreduce's arithmetic (collectives/allreduce.hpp)
+  /// in shared memory, for n = 4, 8, 16, ...: rank r reduces chunk r as the
+  /// messages would, value(q, k) = op(value(q, k-1), value(q ^ (n >> k), k-1))
+  /// with value(q, 0) = x_q, evaluated in blocks that stay in L1; then every
+  /// rank copies each chunk c from rank c.
+  template <class V, class Op, class Entries>
+  void shared_halving_doubling(std::span<V> data, const Entries& entries, const char* what, Op op) {
+    const int n = size();
+    int levels = 0;
+    while ((1 << levels) < n) ++levels;
+    const detail::part_bounds mine = detail::even_part(data.size(), n, rank_);
+    constexpr std::size_t block = 4096 / sizeof(V);
+    V result[block];
+    for (std::size_t begin = mine.begin; begin < mine.begin + mine.size; begin += block) {
+      const std::size_t length = std::min(block, mine.begin + mine.size - begin);
+      tree_value(entries, rank_, levels, begin, length, result, op);
+      std::memcpy(data.data() + begin, result, length * sizeof(V));
+    }
+    world_->rendezvous(rank_, what);
+    for (int c = 0; c < n; ++c) {
+      if (c == rank_) continue;
+      const detail::part_bounds b = detail::even_part(data.size(), n, c);
+      if (b.size > 0) {
+        std::memcpy(
+            data.data() + b.begin,
+            reinterpret_cast<const V*>(entries[static_cast<std::size_t>(c)].input) + b.begin,
+            b.size * sizeof(V));
+      }
+    }
+    world_->rendezvous(rank_, what);
+    bytes_sent_ += detail::halving_doubling_elements_sent(data.size(), n, rank_) * sizeof(V);
+  }
+
+  /// out[0, length) := value(q, k) over elements [begin, begin + length).
+  template <class V, class Op, class Entries>
+  void tree_value(const Entries& entries, int q, int k, std::size_t begin, std::size_t length,
+                  V* out, Op op) {
+    const int n = size();
+    auto input_of = [&](int p) {
+      return reinterpret_cast<const V*>(entries[static_cast<std::size_t>(p)].input) + begin;
+    };
+    if (k == 1) {
+      const V* a = input_of(q);
+      const V* b = input_of(q ^ (n >> 1));
+      for (std::size_t i = 0; i < length; ++i) out[i] = op(a[i], b[i]);
+      return;
+    }
+    tree_value(entries, q, k - 1, begin, length, out, op);
+    V other[4096 / sizeof(V)];
+    tree_value(entries, q ^ (n >> k), k - 1, begin, length, other, op);
+    for (std::size_t i = 0; i < length; ++i) out[i] = op(out[i], other[i]);
   }
 
   detail::thread_world* world_;

@@ -230,19 +230,24 @@ __attribute__((target("avx512f,vpclmulqdq,sse4.2"))) inline std::uint32_t crc32c
 [[nodiscard]] inline bool crc32c_folding_available() noexcept { return false; }
 #endif
 
-/// CRC-32C of `data` (initial value and final XOR 0xFFFFFFFF, as in RFC 3720).
-[[nodiscard]] inline std::uint32_t crc32c(std::span<const std::byte> data) noexcept {
-  std::uint32_t crc = 0xFFFFFFFFu;
+/// The CRC-32C register after feeding `data` (no initial or final inversion),
+/// on the fastest path this CPU has; for checksums computed piece by piece:
+/// crc32c(A B) == ~crc32c_update(crc32c_update(0xFFFFFFFF, A), B).
+[[nodiscard]] inline std::uint32_t crc32c_update(std::uint32_t crc,
+                                                 std::span<const std::byte> data) noexcept {
 #if ECOPT_DETAIL_CRC32C_HW
   // Below ~1 KiB the three crc32 streams are as fast and need no set-up.
   if (data.size() >= 1024 && crc32c_folding_available()) {
-    return ~crc32c_update_vpclmul(crc, data.data(), data.size());
+    return crc32c_update_vpclmul(crc, data.data(), data.size());
   }
-  if (crc32c_hardware_available()) {
-    return ~crc32c_update_sse42(crc, data.data(), data.size());
-  }
+  if (crc32c_hardware_available()) return crc32c_update_sse42(crc, data.data(), data.size());
 #endif
-  return ~crc32c_update_portable(crc, data.data(), data.size());
+  return crc32c_update_portable(crc, data.data(), data.size());
+}
+
+/// CRC-32C of `data` (initial value and final XOR 0xFFFFFFFF, as in RFC 3720).
+[[nodiscard]] inline std::uint32_t crc32c(std::span<const std::byte> data) noexcept {
+  return ~crc32c_update(0xFFFFFFFFu, data);
 }
 
 }  // namespace ecopt::detail

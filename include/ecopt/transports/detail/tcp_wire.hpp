@@ -198,15 +198,27 @@ inline void encode_header(const frame_header& h, header_bytes& out) noexcept {
   return h;
 }
 
-/// Throws transport_error unless `payload` matches the header's checksum.
-inline void check_payload(const frame_header& h, std::span<const std::byte> payload) {
-  if ((h.flags & flag_payload_unchecked) != 0) return;  // the sender chose not to checksum
-  const std::uint32_t computed = crc32c(payload);
+/// Does the frame carry a payload checksum to check?
+[[nodiscard]] inline bool payload_checked(const frame_header& h) noexcept {
+  return (h.flags & flag_payload_unchecked) == 0;
+}
+
+/// Throws transport_error unless `computed`, the CRC-32C of the frame's
+/// payload of `size` bytes, matches the header's (a receiver that computes
+/// it piece by piece, as the bytes arrive, checks it here).
+inline void check_payload_crc(const frame_header& h, std::size_t size, std::uint32_t computed) {
+  if (!payload_checked(h)) return;  // the sender chose not to checksum
   if (computed != h.payload_crc) {
     throw transport_error(std::string(kind_name(h.kind)) + " frame payload checksum mismatch (" +
-                          std::to_string(payload.size()) + " bytes, stored " +
-                          hex32(h.payload_crc) + ", computed " + hex32(computed) + ")");
+                          std::to_string(size) + " bytes, stored " + hex32(h.payload_crc) +
+                          ", computed " + hex32(computed) + ")");
   }
+}
+
+/// Throws transport_error unless `payload` matches the header's checksum.
+inline void check_payload(const frame_header& h, std::span<const std::byte> payload) {
+  if (!payload_checked(h)) return;
+  check_payload_crc(h, payload.size(), crc32c(payload));
 }
 
 /// 64-bit FNV-1a of the job token: ranks compare hashes, so a token is never
