@@ -11,11 +11,12 @@
 // NIC per worker and full-duplex links (see simulated_transport.hpp): it
 // predicts what the network would cost, not the wall time of this process.
 // At 64 workers and d = 1000 every message is small, so the latency term
-// dominates: a ring allreduce sends 2(P-1) messages per round, an allgather of
-// compressed payloads P-1, which is why the compressors' rounds cost about
-// half as much, not 1/8 or 1/32. Raise the dimension to see the bandwidth
-// term grow (dense messages of 4d/P bytes cost as much as the latency at
-// 4d/P = alpha * beta, i.e. d = 100000 at 1 Gbit/s).
+// dominates: with 64 = 2^6 workers an allreduce (halving-doubling) sends
+// 2 log2(P) = 12 messages per round and an allgather of compressed payloads
+// (recursive doubling) log2(P) = 6, so the compressors' rounds cost about half
+// of the dense round, not 1/8 or 1/32. (With a worker count that is not a
+// power of two the collectives are rings: 2(P-1) and P-1 messages.) Raise the
+// dimension to see the bandwidth term grow.
 //
 // Usage: network_model [workers [dimension [max_steps]]]  (defaults 64, 1000, 600)
 #include <Eigen/Core>

@@ -81,6 +81,29 @@ std::vector<std::byte> block_of_rank(int rank, int iteration) {
   return v;
 }
 
+/// thread_transport without its shared-memory collectives: the collectives
+/// then run their message algorithms over its send and recv.
+class messages_only {
+ public:
+  explicit messages_only(thread_transport& t) : t_(&t) {}
+  [[nodiscard]] int rank() const { return t_->rank(); }
+  [[nodiscard]] int size() const { return t_->size(); }
+  [[nodiscard]] std::uint64_t bytes_sent() const { return t_->bytes_sent(); }
+  void send(int to, ecopt::message_tag tag, std::span<const std::byte> data) {
+    t_->send(to, tag, data);
+  }
+  void recv(int from, ecopt::message_tag tag, std::vector<std::byte>& into) {
+    t_->recv(from, tag, into);
+  }
+  int recv_any(ecopt::message_tag tag, std::vector<std::byte>& into) {
+    return t_->recv_any(tag, into);
+  }
+
+ private:
+  thread_transport* t_;
+};
+static_assert(ecopt::Transport<messages_only>);
+
 }  // namespace
 
 TEST_CASE_TEMPLATE("allreduce_sum matches a serial sum, bitwise equal on every rank", V, float,
@@ -209,24 +232,68 @@ TEST_CASE("ranks calling different collectives get a transport_error") {
 }
 
 TEST_CASE("allgather_bytes collects blocks of different sizes, including empty ones") {
-  for (int n = 1; n <= 5; ++n) {
-    CAPTURE(n);
-    const auto wrong = run_threads(n, [](thread_transport& t) {
-      int mismatches = 0;
-      std::vector<std::vector<std::byte>> all;
-      for (int iteration = 0; iteration < 3; ++iteration) {  // reuses `all`
-        ecopt::allgather_bytes(t, block_of_rank(t.rank(), iteration), all);
-        if (all.size() != static_cast<std::size_t>(t.size())) return -1;
-        for (int r = 0; r < t.size(); ++r) {
-          if (all[static_cast<std::size_t>(r)] != block_of_rank(r, iteration)) ++mismatches;
-        }
+  // Over thread_transport's shared memory and over its messages (ring, or
+  // recursive doubling for 4 and 8 ranks).
+  auto check = [](auto& t) {
+    int mismatches = 0;
+    std::vector<std::vector<std::byte>> all;
+    for (int iteration = 0; iteration < 3; ++iteration) {  // reuses `all`
+      ecopt::allgather_bytes(t, block_of_rank(t.rank(), iteration), all);
+      if (all.size() != static_cast<std::size_t>(t.size())) return -1;
+      for (int r = 0; r < t.size(); ++r) {
+        if (all[static_cast<std::size_t>(r)] != block_of_rank(r, iteration)) ++mismatches;
       }
-      // Every block empty.
-      ecopt::allgather_bytes(t, {}, all);
-      for (const auto& block : all) mismatches += block.empty() ? 0 : 1;
-      return mismatches;
+    }
+    // Every block empty.
+    ecopt::allgather_bytes(t, {}, all);
+    for (const auto& block : all) mismatches += block.empty() ? 0 : 1;
+    return mismatches;
+  };
+  for (const int n : {1, 2, 3, 4, 5, 8}) {
+    CAPTURE(n);
+    const auto shared = run_threads(n, [&](thread_transport& t) { return check(t); });
+    for (const int w : shared) CHECK(w == 0);
+    const auto messages = run_threads(n, [&](thread_transport& t) {
+      messages_only r(t);
+      return check(r);
     });
-    for (const int w : wrong) CHECK(w == 0);
+    for (const int w : messages) CHECK(w == 0);
+  }
+}
+
+TEST_CASE("allgather_bytes refuses a doubling message whose block sizes do not fit it") {
+  // 4 ranks: rank 0 sends its partner (rank 1) messages in place of the first
+  // doubling step's; rank 1 must name the fault, not copy out of bounds.
+  const std::vector<std::vector<std::byte>> bad = {
+      {std::byte{1}, std::byte{2}, std::byte{3}},                  // shorter than one 8-byte size
+      {std::byte{200}, {}, {}, {}, {}, {}, {}, {}, std::byte{7}},  // size 200, 1 byte follows
+      {std::byte{0}, {}, {}, {}, {}, {}, {}, {}, std::byte{7}},    // size 0, 1 byte follows
+  };
+  const std::vector<std::string> why = {"shorter than its 1 block sizes",
+                                        "block sizes exceed the message",
+                                        "block sizes do not add up to the message"};
+  for (std::size_t c = 0; c < bad.size(); ++c) {
+    CAPTURE(c);
+    const auto errors = run_threads(
+        4,
+        [&](thread_transport& t) -> std::string {
+          messages_only r(t);
+          if (t.rank() == 0) {
+            t.send(1, ecopt::collective_tag_for<>(ecopt::collective_tag::allgather_bytes),
+                   std::span<const std::byte>(bad[c]));
+            return "";
+          }
+          std::vector<std::vector<std::byte>> all;
+          try {
+            ecopt::allgather_bytes(r, block_of_rank(t.rank(), 1), all);
+          } catch (const ecopt::transport_error& e) {
+            return e.what();
+          }
+          return "no error";
+        },
+        {.timeout = 5s});
+    CHECK(contains(errors[1], "allgather_bytes: rank 1 received a malformed message"));
+    CHECK(contains(errors[1], "from rank 0: " + why[c]));
   }
 }
 
@@ -313,29 +380,6 @@ TEST_CASE("broadcast delivers the root's data from every root") {
                   ecopt::transport_error);
 }
 
-/// thread_transport's point-to-point half only: the collectives see no
-/// native_* members and run their ring algorithms over its messages.
-class ring_only {
- public:
-  explicit ring_only(thread_transport& t) : t_(&t) {}
-  [[nodiscard]] int rank() const { return t_->rank(); }
-  [[nodiscard]] int size() const { return t_->size(); }
-  [[nodiscard]] std::uint64_t bytes_sent() const { return t_->bytes_sent(); }
-  void send(int to, ecopt::message_tag tag, std::span<const std::byte> data) {
-    t_->send(to, tag, data);
-  }
-  void recv(int from, ecopt::message_tag tag, std::vector<std::byte>& into) {
-    t_->recv(from, tag, into);
-  }
-  int recv_any(ecopt::message_tag tag, std::vector<std::byte>& into) {
-    return t_->recv_any(tag, into);
-  }
-
- private:
-  thread_transport* t_;
-};
-static_assert(ecopt::Transport<ring_only>);
-
 TEST_CASE("shared-memory collectives give the message algorithms' bits and bytes") {
   // Same inputs through thread_transport's shared-memory collectives and
   // through the message algorithms (ring; halving-doubling for 4 and 8 ranks)
@@ -378,7 +422,7 @@ TEST_CASE("shared-memory collectives give the message algorithms' bits and bytes
       const auto shared =
           run_threads(n, [&](thread_transport& t) { return exercise(t, t.rank(), count); });
       const auto ring = run_threads(n, [&](thread_transport& t) {
-        ring_only r(t);
+        messages_only r(t);
         return exercise(r, t.rank(), count);
       });
       for (int r = 0; r < n; ++r) {

@@ -179,6 +179,36 @@ TEST_CASE("an allreduce takes 2(P-1)/P n/beta plus 2(P-1) or 2 log2(P) latencies
   }
 }
 
+TEST_CASE("an allgather_bytes takes P-1 or log2(P) latencies; doubling adds 8 bytes a block") {
+  // Ring: P-1 steps of one block. Recursive doubling (P = 4, 8): log2(P)
+  // steps, d blocks and their d sizes in the step with distance d.
+  constexpr std::size_t block = 3000;
+  for (int p = 2; p <= 8; ++p) {
+    CAPTURE(p);
+    const auto seen = run_threads(p, [&](thread_transport& t) {
+      sim s(t, model);
+      std::vector<std::vector<std::byte>> all;
+      const std::vector<std::byte> mine(block, static_cast<std::byte>(s.rank()));
+      ecopt::allgather_bytes(s, mine, all);
+      for (int r = 0; r < p; ++r) {
+        if (all[static_cast<std::size_t>(r)] !=
+            std::vector<std::byte>(block, static_cast<std::byte>(r))) {
+          return clocks{-1, 0, 0};
+        }
+      }
+      return clocks_of(s);
+    });
+    const bool doubling = p == 4 || p == 8;
+    const double steps = doubling ? std::log2(static_cast<double>(p)) : p - 1.0;
+    const std::uint64_t bytes = static_cast<std::uint64_t>(p - 1) * (block + (doubling ? 8 : 0));
+    const double expected = steps * alpha + static_cast<double>(bytes) / beta;
+    for (const clocks& c : seen) {
+      CHECK(c.seconds == doctest::Approx(expected).epsilon(1e-12));
+      CHECK(c.bytes == bytes);
+    }
+  }
+}
+
 TEST_CASE("per-link overrides: sends serialize on the sender, links cost their own") {
   // Rank 0 sends 1 KiB to rank 1 over a fast override link (2^-12 s, 2^22
   // B/s), then 1 KiB to rank 2 over the default link; rank 2 forwards 1 KiB to

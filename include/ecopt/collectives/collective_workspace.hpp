@@ -4,6 +4,7 @@
 // per rank (per thread) and pass it to every collective call.
 #include <concepts>
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <span>
 #include <string>
@@ -84,6 +85,21 @@ struct part_bounds {
     } else {
       hi += width;
     }
+  }
+  return sent;
+}
+
+/// Bytes rank `rank` sends in the recursive-doubling allgather_bytes
+/// (collectives/allgather.hpp), block q having
+/// size_of(q) bytes (for transports that do the work another way but report
+/// what the messages would be).
+template <class SizeOf>
+[[nodiscard]] std::uint64_t doubling_allgather_bytes_sent(int n, int rank, SizeOf size_of) {
+  std::uint64_t sent = 0;
+  for (int d = 1; d < n; d *= 2) {
+    const int mine = rank & ~(d - 1);
+    sent += 8 * static_cast<std::uint64_t>(d);
+    for (int q = mine; q < mine + d; ++q) sent += size_of(q);
   }
   return sent;
 }

@@ -644,6 +644,11 @@ class thread_transport {
     const std::uint64_t right_bytes = entries[static_cast<std::size_t>((rank_ + 1) % n)].bytes;
     std::uint64_t sent = 0;
     for (const auto& e : entries) sent += e.bytes;
+    const std::uint64_t halving_bytes =
+        detail::halving_doubling_applies(n)
+            ? detail::doubling_allgather_bytes_sent(
+                  n, rank_, [&](int q) { return entries[static_cast<std::size_t>(q)].bytes; })
+            : 0;
     world_->rendezvous(rank_, "allgather_bytes");  // nobody reads `mine` any more
     std::vector<std::byte>& own = all[static_cast<std::size_t>(rank_)];
     if (own.data() != mine.data() || own.size() != mine.size()) {
@@ -656,8 +661,11 @@ class thread_transport {
         own.assign(mine.begin(), mine.end());
       }
     }
-    // The ring sends every block but the right neighbour's.
-    if (n > 1) bytes_sent_ += sent - right_bytes;
+    if (detail::halving_doubling_applies(n)) {
+      bytes_sent_ += halving_bytes;
+    } else if (n > 1) {
+      bytes_sent_ += sent - right_bytes;  // the ring sends every block but the right neighbour's
+    }
   }
 
   /// data := root's data (a binomial tree's byte count is charged).
