@@ -13,10 +13,12 @@
 // At 64 workers and d = 1000 every message is small, so the latency term
 // dominates: with 64 = 2^6 workers an allreduce (halving-doubling) sends
 // 2 log2(P) = 12 messages per round and an allgather of compressed payloads
-// (recursive doubling) log2(P) = 6, so the compressors' rounds cost about half
-// of the dense round, not 1/8 or 1/32. (With a worker count that is not a
-// power of two the collectives are rings: 2(P-1) and P-1 messages.) Raise the
-// dimension to see the bandwidth term grow.
+// (recursive doubling) log2(P) = 6. At 100 Gbit/s the compressors' rounds
+// then cost about half of the dense round, not 1/8 or 1/32; at 1 Gbit/s the
+// bandwidth term shows that an allgather's bytes grow with P (each worker
+// receives P-1 payloads) while an allreduce's do not. (With a worker count
+// that is not a power of two the collectives are rings: 2(P-1) and P-1
+// messages.)
 //
 // Usage: network_model [workers [dimension [max_steps]]]  (defaults 64, 1000, 600)
 #include <Eigen/Core>
