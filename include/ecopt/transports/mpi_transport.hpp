@@ -252,11 +252,15 @@ class mpi_transport {
     const auto deadline = clock::now() + options_.timeout;
     MPI_Message message{};
     MPI_Status status{};
-    poll(deadline, "recv from rank " + std::to_string(from), [&] {
-      int found = 0;
-      check(MPI_Improbe(from, MPI_ANY_TAG, headers_, &found, &message, &status), "MPI_Improbe");
-      return found != 0;
-    });
+    poll(deadline,
+         "waiting for a message from rank " + std::to_string(from) + " (tag " +
+             detail::tag_text(tag) + ")",
+         [&] {
+           int found = 0;
+           check(MPI_Improbe(from, MPI_ANY_TAG, headers_, &found, &message, &status),
+                 "MPI_Improbe");
+           return found != 0;
+         });
     receive_matched(from, tag, message, into, deadline);
   }
 
@@ -270,7 +274,7 @@ class mpi_transport {
     const auto deadline = clock::now() + options_.timeout;
     MPI_Message message{};
     int sender = -1;
-    poll(deadline, "recv_any (tag " + std::to_string(tag) + ")", [&] {
+    poll(deadline, "waiting for a message from any rank (tag " + detail::tag_text(tag) + ")", [&] {
       for (int i = 0; i < size_; ++i) {
         const int peer = (next_any_ + i) % size_;
         if (peer == rank_) continue;
@@ -453,9 +457,8 @@ class mpi_transport {
       if ((spins & 63u) == 63u) {
         reap_sends();
         if (clock::now() >= deadline) {
-          throw transport_error("rank " + std::to_string(rank_) + ": " + what +
-                                " timed out after " + std::to_string(options_.timeout.count()) +
-                                " ms");
+          throw transport_error("rank " + std::to_string(rank_) + ": timed out after " +
+                                std::to_string(options_.timeout.count()) + " ms " + what);
         }
       }
       if (spins > 4096)
@@ -467,7 +470,7 @@ class mpi_transport {
 
   void wait(MPI_Request& request, const std::string& what) {
     const auto deadline = clock::now() + options_.timeout;
-    poll(deadline, what, [&] {
+    poll(deadline, "in " + what, [&] {
       int done = 0;
       check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "MPI_Test (" + what + ")");
       return done != 0;
@@ -525,16 +528,19 @@ class mpi_transport {
       check(
           MPI_Irecv(into.data(), static_cast<int>(length), MPI_BYTE, from, 0, payloads_, &request),
           "MPI_Irecv from rank " + std::to_string(from));
-      poll(deadline, "recv of the payload from rank " + std::to_string(from), [&] {
-        int done = 0;
-        check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "MPI_Test");
-        return done != 0;
-      });
+      poll(deadline,
+           "waiting for the payload of a message from rank " + std::to_string(from) + " (tag " +
+               detail::tag_text(got) + ")",
+           [&] {
+             int done = 0;
+             check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "MPI_Test");
+             return done != 0;
+           });
     }
     if (got != tag) {
-      throw transport_error("rank " + std::to_string(rank_) + ": expected a message with tag " +
-                            std::to_string(tag) + " from rank " + std::to_string(from) +
-                            ", got tag " + std::to_string(got));
+      throw transport_error("rank " + std::to_string(rank_) + ": protocol mismatch: expected tag " +
+                            detail::tag_text(tag) + " from rank " + std::to_string(from) +
+                            " but its next message has tag " + detail::tag_text(got));
     }
   }
 
