@@ -275,6 +275,14 @@ TEST_SUITE("tcp_transport") {
           ~ecopt::detail::crc32c_update_portable(0xFFFFFFFFu, data.data(), n);
       CHECK(ecopt::detail::crc32c(std::span(data).first(n)) == portable);
     }
+    // Piece by piece (as tcp_transport checks a body while it arrives), cut
+    // at any point, on whichever path each piece's length takes.
+    for (std::size_t cut : {0, 1, 255, 1023, 1024, 5000, 99'999, 100'000}) {
+      CAPTURE(cut);
+      const auto all = std::span<const std::byte>(data);
+      CHECK(~ecopt::detail::crc32c_update(ecopt::detail::crc32c_update(0xFFFFFFFFu, all.first(cut)),
+                                          all.subspan(cut)) == ecopt::detail::crc32c(all));
+    }
 #if ECOPT_DETAIL_CRC32C_HW
     // The folding path on its own (from 256 bytes), from any register value and
     // alignment; the constants it derives must fold every bit position.

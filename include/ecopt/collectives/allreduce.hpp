@@ -90,38 +90,24 @@ void halving_doubling_allreduce(Tr& t, std::span<V> data, collective_workspace& 
                                 const char* name, Op op) {
   const int n = static_cast<int>(t.size());
   const int rank = static_cast<int>(t.rank());
-  auto chunks = [&](int lo, int hi) {
-    const part_bounds b = even_parts(data.size(), n, lo, hi);
+  // The chunks of the aligned group of d ranks around rank q: what q holds
+  // after the halving step with distance d, and before the doubling one.
+  auto group = [&](int q, int d) {
+    const part_bounds b = aligned_group_parts(data.size(), n, q, d);
     return data.subspan(b.begin, b.size);
   };
-  int lo = 0;  // the chunks [lo, hi) this rank holds
-  int hi = n;
   for (int d = n / 2; d >= 1; d /= 2) {
     const int partner = rank ^ d;
-    const int mid = lo + (hi - lo) / 2;
-    const bool upper = (rank & d) != 0;
-    t.send(partner, tag, std::as_bytes(upper ? chunks(lo, mid) : chunks(mid, hi)));
-    if (upper) {
-      lo = mid;
-    } else {
-      hi = mid;
-    }
-    const std::span<V> mine = chunks(lo, hi);
+    t.send(partner, tag, std::as_bytes(group(partner, d)));
+    const std::span<V> mine = group(rank, d);
     t.recv(partner, tag, ws.recv);
     check_message_size(name, rank, partner, mine.size_bytes(), ws.recv.size());
     fold_bytes_into(mine, ws.recv.data(), op);
   }
   for (int d = 1; d < n; d *= 2) {
     const int partner = rank ^ d;
-    const int width = hi - lo;
-    t.send(partner, tag, std::as_bytes(chunks(lo, hi)));
-    const bool upper = (rank & d) != 0;
-    const std::span<V> theirs = upper ? chunks(lo - width, lo) : chunks(hi, hi + width);
-    if (upper) {
-      lo -= width;
-    } else {
-      hi += width;
-    }
+    t.send(partner, tag, std::as_bytes(group(rank, d)));
+    const std::span<V> theirs = group(partner, d);
     t.recv(partner, tag, ws.recv);
     check_message_size(name, rank, partner, theirs.size_bytes(), ws.recv.size());
     copy_from_bytes(std::span<const std::byte>(ws.recv), theirs);

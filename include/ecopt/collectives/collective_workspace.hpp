@@ -63,36 +63,32 @@ struct part_bounds {
   return n >= 4 && (n & (n - 1)) == 0;
 }
 
+/// The parts of the aligned group of d ranks (d a power of two) around rank q,
+/// [q & ~(d-1), (q & ~(d-1)) + d): what q holds between the halving and the
+/// doubling steps with distance d of a halving-doubling collective.
+[[nodiscard]] constexpr part_bounds aligned_group_parts(std::size_t count, int parts, int q,
+                                                        int d) noexcept {
+  const int first = q & ~(d - 1);
+  return even_parts(count, parts, first, first + d);
+}
+
 /// Elements rank `rank` sends in a halving-doubling allreduce of `count`
-/// elements over `n` ranks: the half it gives away at each halving step, then
-/// the range it holds at each doubling step.
+/// elements over `n` ranks: its partner's group at each halving step, its own
+/// at each doubling step.
 [[nodiscard]] constexpr std::size_t halving_doubling_elements_sent(std::size_t count, int n,
                                                                    int rank) noexcept {
   std::size_t sent = 0;
-  int lo = 0;
-  int hi = n;
-  for (int d = n / 2; d >= 1; d /= 2) {
-    const int mid = lo + (hi - lo) / 2;
-    const bool upper = (rank & d) != 0;
-    sent += (upper ? even_parts(count, n, lo, mid) : even_parts(count, n, mid, hi)).size;
-    (upper ? lo : hi) = mid;
-  }
   for (int d = 1; d < n; d *= 2) {
-    sent += even_parts(count, n, lo, hi).size;
-    const int width = hi - lo;
-    if ((rank & d) != 0) {
-      lo -= width;
-    } else {
-      hi += width;
-    }
+    sent += aligned_group_parts(count, n, rank ^ d, d).size +
+            aligned_group_parts(count, n, rank, d).size;
   }
   return sent;
 }
 
 /// Bytes rank `rank` sends in the recursive-doubling allgather_bytes
-/// (collectives/allgather.hpp), block q having
-/// size_of(q) bytes (for transports that do the work another way but report
-/// what the messages would be).
+/// (collectives/allgather.hpp), block q having size_of(q) bytes: the sizes and
+/// blocks of its aligned group at each step (for transports that do the work
+/// another way but report what the messages would be).
 template <class SizeOf>
 [[nodiscard]] std::uint64_t doubling_allgather_bytes_sent(int n, int rank, SizeOf size_of) {
   std::uint64_t sent = 0;

@@ -236,11 +236,11 @@ class mpi_transport {
     write_header(p.buffer.data(), tag, data.size());
     if (!data.empty()) std::memcpy(p.buffer.data() + header_bytes, data.data(), data.size());
     check(MPI_Isend(p.buffer.data(), header_bytes, MPI_BYTE, to, mpi_tag(tag), headers_, &p.header),
-          "MPI_Isend (header) to rank " + std::to_string(to));
+          [&] { return "MPI_Isend (header) to rank " + std::to_string(to); });
     if (!data.empty()) {
       check(MPI_Isend(p.buffer.data() + header_bytes, static_cast<int>(data.size()), MPI_BYTE, to,
                       0, payloads_, &p.payload),
-            "MPI_Isend to rank " + std::to_string(to));
+            [&] { return "MPI_Isend to rank " + std::to_string(to); });
     }
     p.busy = true;
     bytes_sent_ += data.size();
@@ -252,15 +252,17 @@ class mpi_transport {
     const auto deadline = clock::now() + options_.timeout;
     MPI_Message message{};
     MPI_Status status{};
-    poll(deadline,
-         "waiting for a message from rank " + std::to_string(from) + " (tag " +
-             detail::tag_text(tag) + ")",
-         [&] {
-           int found = 0;
-           check(MPI_Improbe(from, MPI_ANY_TAG, headers_, &found, &message, &status),
-                 "MPI_Improbe");
-           return found != 0;
-         });
+    poll(
+        deadline,
+        [&] {
+          return "waiting for a message from rank " + std::to_string(from) + " (tag " +
+                 detail::tag_text(tag) + ")";
+        },
+        [&] {
+          int found = 0;
+          check(MPI_Improbe(from, MPI_ANY_TAG, headers_, &found, &message, &status), "MPI_Improbe");
+          return found != 0;
+        });
     receive_matched(from, tag, message, into, deadline);
   }
 
@@ -274,25 +276,29 @@ class mpi_transport {
     const auto deadline = clock::now() + options_.timeout;
     MPI_Message message{};
     int sender = -1;
-    poll(deadline, "waiting for a message from any rank (tag " + detail::tag_text(tag) + ")", [&] {
-      for (int i = 0; i < size_; ++i) {
-        const int peer = (next_any_ + i) % size_;
-        if (peer == rank_) continue;
-        int found = 0;
-        MPI_Status status{};
-        // A probe does not receive: a header with another tag stays queued.
-        check(MPI_Iprobe(peer, MPI_ANY_TAG, headers_, &found, &status), "MPI_Iprobe");
-        if (!found || status.MPI_TAG != mpi_tag(tag)) continue;
-        // The next header from `peer` has this MPI tag, so a probe for the
-        // tag matches that very header (the full tag is checked on receipt).
-        check(MPI_Improbe(peer, mpi_tag(tag), headers_, &found, &message, &status), "MPI_Improbe");
-        if (!found) continue;
-        sender = peer;
-        next_any_ = (peer + 1) % size_;
-        return true;
-      }
-      return false;
-    });
+    poll(
+        deadline,
+        [&] { return "waiting for a message from any rank (tag " + detail::tag_text(tag) + ")"; },
+        [&] {
+          for (int i = 0; i < size_; ++i) {
+            const int peer = (next_any_ + i) % size_;
+            if (peer == rank_) continue;
+            int found = 0;
+            MPI_Status status{};
+            // A probe does not receive: a header with another tag stays queued.
+            check(MPI_Iprobe(peer, MPI_ANY_TAG, headers_, &found, &status), "MPI_Iprobe");
+            if (!found || status.MPI_TAG != mpi_tag(tag)) continue;
+            // The next header from `peer` has this MPI tag, so a probe for the
+            // tag matches that very header (the full tag is checked on receipt).
+            check(MPI_Improbe(peer, mpi_tag(tag), headers_, &found, &message, &status),
+                  "MPI_Improbe");
+            if (!found) continue;
+            sender = peer;
+            next_any_ = (peer + 1) % size_;
+            return true;
+          }
+          return false;
+        });
     receive_matched(sender, tag, message, into, deadline);
     return sender;
   }
@@ -400,10 +406,22 @@ class mpi_transport {
     bool busy = false;
   };
 
-  void check(int code, const std::string& what) const {
+  /// Throws transport_error naming `what` (text, or a callable making it --
+  /// so that nothing is built per call when MPI succeeds) unless code is MPI_SUCCESS.
+  template <class What>
+  void check(int code, const What& what) const {
     if (code == MPI_SUCCESS) return;
-    throw transport_error("rank " + std::to_string(rank_) + ": " + what +
+    throw transport_error("rank " + std::to_string(rank_) + ": " + describe(what) +
                           " failed: " + detail::mpi_error_text(code));
+  }
+
+  template <class What>
+  static std::string describe(const What& what) {
+    if constexpr (std::is_invocable_v<const What&>) {
+      return what();
+    } else {
+      return std::string(what);
+    }
   }
 
   void check_peer(int peer, const char* what) const {
@@ -442,23 +460,23 @@ class mpi_transport {
     MPI_Request request = MPI_REQUEST_NULL;
     check(MPI_Iallreduce(MPI_IN_PLACE, data.data(), static_cast<int>(data.size()),
                          detail::mpi_datatype<V>(), op, headers_, &request),
-          std::string("MPI_Iallreduce (") + what + ")");
+          [&] { return std::string("MPI_Iallreduce (") + what + ")"; });
     wait(request, what);
     bytes_sent_ += 2 * static_cast<std::uint64_t>(size_ - 1) * data.size_bytes() /
                    static_cast<std::uint64_t>(size_);
   }
 
   /// Calls `ready` until it returns true; throws transport_error naming
-  /// `what` when the deadline passes. Spins briefly, then backs off.
-  template <class Ready>
-  void poll(clock::time_point deadline, const std::string& what, Ready&& ready) {
+  /// `what` (see check) when the deadline passes. Spins briefly, then backs off.
+  template <class What, class Ready>
+  void poll(clock::time_point deadline, const What& what, Ready&& ready) {
     for (unsigned spins = 0;; ++spins) {
       if (ready()) return;
       if ((spins & 63u) == 63u) {
         reap_sends();
         if (clock::now() >= deadline) {
           throw transport_error("rank " + std::to_string(rank_) + ": timed out after " +
-                                std::to_string(options_.timeout.count()) + " ms " + what);
+                                std::to_string(options_.timeout.count()) + " ms " + describe(what));
         }
       }
       if (spins > 4096)
@@ -468,13 +486,16 @@ class mpi_transport {
     }
   }
 
-  void wait(MPI_Request& request, const std::string& what) {
+  void wait(MPI_Request& request, const char* what) {
     const auto deadline = clock::now() + options_.timeout;
-    poll(deadline, "in " + what, [&] {
-      int done = 0;
-      check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "MPI_Test (" + what + ")");
-      return done != 0;
-    });
+    poll(
+        deadline, [&] { return std::string("in ") + what; },
+        [&] {
+          int done = 0;
+          check(MPI_Test(&request, &done, MPI_STATUS_IGNORE),
+                [&] { return std::string("MPI_Test (") + what + ")"; });
+          return done != 0;
+        });
   }
 
   static void write_header(std::byte* out, message_tag tag, std::uint64_t length) noexcept {
@@ -502,7 +523,7 @@ class mpi_transport {
     std::byte header[header_bytes];
     MPI_Status status{};
     check(MPI_Mrecv(header, header_bytes, MPI_BYTE, &message, &status),
-          "MPI_Mrecv (header) from rank " + std::to_string(from));
+          [&] { return "MPI_Mrecv (header) from rank " + std::to_string(from); });
     int count = 0;
     MPI_Get_count(&status, MPI_BYTE, &count);
     std::uint32_t m = 0;
@@ -527,15 +548,18 @@ class mpi_transport {
       MPI_Request request = MPI_REQUEST_NULL;
       check(
           MPI_Irecv(into.data(), static_cast<int>(length), MPI_BYTE, from, 0, payloads_, &request),
-          "MPI_Irecv from rank " + std::to_string(from));
-      poll(deadline,
-           "waiting for the payload of a message from rank " + std::to_string(from) + " (tag " +
-               detail::tag_text(got) + ")",
-           [&] {
-             int done = 0;
-             check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "MPI_Test");
-             return done != 0;
-           });
+          [&] { return "MPI_Irecv from rank " + std::to_string(from); });
+      poll(
+          deadline,
+          [&] {
+            return "waiting for the payload of a message from rank " + std::to_string(from) +
+                   " (tag " + detail::tag_text(got) + ")";
+          },
+          [&] {
+            int done = 0;
+            check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "MPI_Test");
+            return done != 0;
+          });
     }
     if (got != tag) {
       throw transport_error("rank " + std::to_string(rank_) + ": protocol mismatch: expected tag " +

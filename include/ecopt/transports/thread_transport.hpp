@@ -29,6 +29,7 @@
 // rank's original exception.
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
@@ -586,9 +587,9 @@ class thread_transport {
 
   /// The message allreduce's arithmetic in shared memory. Ring (n not 4, 8,
   /// ...): rank r reduces chunk r+1 (acc = x_{r+1}; acc = op(x_k, acc) for
-  /// k = r+2, ..., r, as the ring's messages would fold it), then every rank
-  /// copies each chunk from its owner; halving-doubling: see
-  /// shared_halving_doubling.
+  /// k = r+2, ..., r, as the ring's messages would fold it); halving-doubling:
+  /// rank r reduces chunk r by the same tree as the messages (tree_value).
+  /// Then every rank copies each chunk from its owner.
   template <reducible_value V>
   void native_allreduce_sum(std::span<V> data) {
     shared_allreduce(data, collective_tag_for<V>(collective_tag::allreduce_sum), "allreduce_sum",
@@ -641,14 +642,16 @@ class thread_transport {
       const auto& theirs = entries[static_cast<std::size_t>(q)];
       all[static_cast<std::size_t>(q)].assign(theirs.input, theirs.input + theirs.bytes);
     }
-    const std::uint64_t right_bytes = entries[static_cast<std::size_t>((rank_ + 1) % n)].bytes;
-    std::uint64_t sent = 0;
-    for (const auto& e : entries) sent += e.bytes;
-    const std::uint64_t halving_bytes =
-        detail::halving_doubling_applies(n)
-            ? detail::doubling_allgather_bytes_sent(
-                  n, rank_, [&](int q) { return entries[static_cast<std::size_t>(q)].bytes; })
-            : 0;
+    // What the messages would send: the ring every block but the right
+    // neighbour's; recursive doubling its group's blocks and sizes per step.
+    std::uint64_t would_send = 0;
+    if (detail::halving_doubling_applies(n)) {
+      would_send = detail::doubling_allgather_bytes_sent(
+          n, rank_, [&](int q) { return entries[static_cast<std::size_t>(q)].bytes; });
+    } else if (n > 1) {
+      for (const auto& e : entries) would_send += e.bytes;
+      would_send -= entries[static_cast<std::size_t>((rank_ + 1) % n)].bytes;
+    }
     world_->rendezvous(rank_, "allgather_bytes");  // nobody reads `mine` any more
     std::vector<std::byte>& own = all[static_cast<std::size_t>(rank_)];
     if (own.data() != mine.data() || own.size() != mine.size()) {
@@ -661,11 +664,7 @@ class thread_transport {
         own.assign(mine.begin(), mine.end());
       }
     }
-    if (detail::halving_doubling_applies(n)) {
-      bytes_sent_ += halving_bytes;
-    } else if (n > 1) {
-      bytes_sent_ += sent - right_bytes;  // the ring sends every block but the right neighbour's
-    }
+    bytes_sent_ += would_send;
   }
 
   /// data := root's data (a binomial tree's byte count is charged).
@@ -734,20 +733,25 @@ class thread_transport {
     auto input_of = [&](int q) {
       return reinterpret_cast<const V*>(entries[static_cast<std::size_t>(q)].input);
     };
-    if (detail::halving_doubling_applies(n)) {
-      shared_halving_doubling(data, entries, what, op);
-      return;
-    }
-    // Reduce the owned chunk in blocks that stay in L1.
-    const int owned = detail::ring_index(rank_ + 1, n);
+    // Halving-doubling leaves chunk r complete on rank r, the ring chunk r+1.
+    const bool halving = detail::halving_doubling_applies(n);
+    const int owned = halving ? rank_ : detail::ring_index(rank_ + 1, n);
     const detail::part_bounds mine = detail::even_part(data.size(), n, owned);
-    // The last operand is this rank's own data (rank owned - 1 = rank_).
+    constexpr std::size_t block = l1_block<V>;  // reduce in blocks that stay in L1
     V* out = data.data();
-    if (n == 2) {
+    if (halving) {
+      V result[block];
+      for (std::size_t begin = mine.begin; begin < mine.begin + mine.size; begin += block) {
+        const std::size_t length = std::min(block, mine.begin + mine.size - begin);
+        tree_value(entries, rank_, std::countr_zero(static_cast<unsigned>(n)), begin, length,
+                   result, op);
+        std::memcpy(out + begin, result, length * sizeof(V));
+      }
+    } else if (n == 2) {
+      // The last operand is this rank's own data (rank owned - 1 = rank_).
       const V* x = input_of(owned);
       for (std::size_t i = mine.begin; i < mine.begin + mine.size; ++i) out[i] = op(out[i], x[i]);
     } else {
-      constexpr std::size_t block = 4096 / sizeof(V);
       V acc[block];
       for (std::size_t begin = mine.begin; begin < mine.begin + mine.size; begin += block) {
         const std::size_t length = std::min(block, mine.begin + mine.size - begin);
@@ -762,58 +766,36 @@ class thread_transport {
       }
     }
     world_->rendezvous(rank_, what);
-    // Copy every other chunk from its owner (rank c - 1 owns chunk c).
+    // Copy every other chunk from its owner (rank c, or for the ring rank c - 1).
     for (int c = 0; c < n; ++c) {
       if (c == owned) continue;
       const detail::part_bounds b = detail::even_part(data.size(), n, c);
+      const int owner = halving ? c : detail::ring_index(c - 1, n);
       if (b.size > 0) {
-        std::memcpy(data.data() + b.begin, input_of(detail::ring_index(c - 1, n)) + b.begin,
-                    b.size * sizeof(V));
+        std::memcpy(data.data() + b.begin, input_of(owner) + b.begin, b.size * sizeof(V));
       }
     }
     world_->rendezvous(rank_, what);
-    // The ring sends all chunks but r+1 (reduce-scatter) and all but r+2 (allgather).
-    const std::uint64_t total = data.size_bytes();
-    const std::uint64_t skip_1 = detail::even_part(data.size(), n, owned).size * sizeof(V);
-    const std::uint64_t skip_2 =
-        detail::even_part(data.size(), n, detail::ring_index(rank_ + 2, n)).size * sizeof(V);
-    bytes_sent_ += (total - skip_1) + (total - skip_2);
+    if (halving) {
+      bytes_sent_ += detail::halving_doubling_elements_sent(data.size(), n, rank_) * sizeof(V);
+    } else {
+      // The ring sends all chunks but r+1 (reduce-scatter) and all but r+2 (allgather).
+      const std::uint64_t total = data.size_bytes();
+      const std::uint64_t skip_1 = mine.size * sizeof(V);
+      const std::uint64_t skip_2 =
+          detail::even_part(data.size(), n, detail::ring_index(rank_ + 2, n)).size * sizeof(V);
+      bytes_sent_ += (total - skip_1) + (total - skip_2);
+    }
   }
 
-  /// The halving-doubling allreduce's arithmetic (collectives/allreduce.hpp)
-  /// in shared memory, for n = 4, 8, 16, ...: rank r reduces chunk r as the
-  /// messages would, value(q, k) = op(value(q, k-1), value(q ^ (n >> k), k-1))
-  /// with value(q, 0) = x_q, evaluated in blocks that stay in L1; then every
-  /// rank copies each chunk c from rank c.
-  template <class V, class Op, class Entries>
-  void shared_halving_doubling(std::span<V> data, const Entries& entries, const char* what, Op op) {
-    const int n = size();
-    int levels = 0;
-    while ((1 << levels) < n) ++levels;
-    const detail::part_bounds mine = detail::even_part(data.size(), n, rank_);
-    constexpr std::size_t block = 4096 / sizeof(V);
-    V result[block];
-    for (std::size_t begin = mine.begin; begin < mine.begin + mine.size; begin += block) {
-      const std::size_t length = std::min(block, mine.begin + mine.size - begin);
-      tree_value(entries, rank_, levels, begin, length, result, op);
-      std::memcpy(data.data() + begin, result, length * sizeof(V));
-    }
-    world_->rendezvous(rank_, what);
-    for (int c = 0; c < n; ++c) {
-      if (c == rank_) continue;
-      const detail::part_bounds b = detail::even_part(data.size(), n, c);
-      if (b.size > 0) {
-        std::memcpy(
-            data.data() + b.begin,
-            reinterpret_cast<const V*>(entries[static_cast<std::size_t>(c)].input) + b.begin,
-            b.size * sizeof(V));
-      }
-    }
-    world_->rendezvous(rank_, what);
-    bytes_sent_ += detail::halving_doubling_elements_sent(data.size(), n, rank_) * sizeof(V);
-  }
+  /// Elements of V in a block of the shared-memory reductions (4 KiB: in L1).
+  template <class V>
+  static constexpr std::size_t l1_block = 4096 / sizeof(V);
 
-  /// out[0, length) := value(q, k) over elements [begin, begin + length).
+  /// out[0, length) := value(q, k) over elements [begin, begin + length): the
+  /// halving-doubling allreduce's tree (collectives/allreduce.hpp), value(q, k) =
+  /// op(value(q, k-1), value(q ^ (n >> k), k-1)) with value(q, 0) = x_q -- rank
+  /// r's chunk r is value(r, log2 n), as the messages would fold it.
   template <class V, class Op, class Entries>
   void tree_value(const Entries& entries, int q, int k, std::size_t begin, std::size_t length,
                   V* out, Op op) {
@@ -828,7 +810,7 @@ class thread_transport {
       return;
     }
     tree_value(entries, q, k - 1, begin, length, out, op);
-    V other[4096 / sizeof(V)];
+    V other[l1_block<V>];
     tree_value(entries, q ^ (n >> k), k - 1, begin, length, other, op);
     for (std::size_t i = 0; i < length; ++i) out[i] = op(out[i], other[i]);
   }
