@@ -4,6 +4,8 @@
 //   thread_world                 run_threads
 //   tcp_world (ECOPT_TEST_HAVE_TCP) tcp_transport over 127.0.0.1, rank 0 on port 0
 //   simulated_world<Base>        Base's transport wrapped in simulated_transport
+//   mpi_world (ECOPT_TEST_MPI_WORLD) mpi_transport, ranks as the processes of
+//                                an mpirun job (see mpi_world)
 // Each has `name` and run(n, fn, timeout) -> world_outcome, where fn takes the
 // rank's transport. A rank's exception ends that rank (its transport sees
 // it, as in a real failure) and is recorded; run() itself does not throw.
@@ -11,14 +13,17 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <exception>
 #include <functional>
 #include <future>
 #include <optional>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <string_view>
 #include <thread>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -28,6 +33,9 @@
 #include "ecopt/transports/thread_transport.hpp"
 #if ECOPT_TEST_HAVE_TCP
 #include "ecopt/transports/tcp_transport.hpp"
+#endif
+#if ECOPT_TEST_MPI_WORLD
+#include "ecopt/transports/mpi_transport.hpp"
 #endif
 
 namespace ecopt::test {
@@ -176,6 +184,132 @@ struct tcp_world {
 };
 
 #endif  // ECOPT_TEST_HAVE_TCP
+
+#if ECOPT_TEST_MPI_WORLD
+
+/// Byte encodings of what ranks return, to gather them across processes:
+/// arithmetic types, enums, strings, and vectors, pairs and tuples of them.
+namespace wire {
+
+template <class T>
+struct is_vector : std::false_type {};
+template <class T>
+struct is_vector<std::vector<T>> : std::true_type {};
+template <class T>
+struct is_tuple_like : std::false_type {};
+template <class... T>
+struct is_tuple_like<std::tuple<T...>> : std::true_type {};
+template <class A, class B>
+struct is_tuple_like<std::pair<A, B>> : std::true_type {};
+
+template <class T>
+void put(std::vector<std::byte>& out, const T& value) {
+  if constexpr (std::is_arithmetic_v<T> || std::is_enum_v<T>) {
+    const auto* p = reinterpret_cast<const std::byte*>(&value);
+    out.insert(out.end(), p, p + sizeof(T));
+  } else if constexpr (std::is_same_v<T, std::string> || is_vector<T>::value) {
+    put(out, static_cast<std::uint64_t>(value.size()));
+    for (const auto& element : value) put(out, element);
+  } else {
+    static_assert(is_tuple_like<T>::value, "mpi_world cannot gather this result type");
+    std::apply([&](const auto&... part) { (put(out, part), ...); }, value);
+  }
+}
+
+template <class T>
+void get(std::span<const std::byte>& in, T& value) {
+  if constexpr (std::is_arithmetic_v<T> || std::is_enum_v<T>) {
+    if (in.size() < sizeof(T)) throw std::runtime_error("mpi_world: truncated result");
+    std::memcpy(&value, in.data(), sizeof(T));
+    in = in.subspan(sizeof(T));
+  } else if constexpr (std::is_same_v<T, std::string> || is_vector<T>::value) {
+    std::uint64_t size = 0;
+    get(in, size);
+    if (size > in.size()) throw std::runtime_error("mpi_world: truncated result");
+    value.resize(static_cast<std::size_t>(size));
+    for (auto& element : value) get(in, element);
+  } else {
+    std::apply([&](auto&... part) { (get(in, part), ...); }, value);
+  }
+}
+
+}  // namespace wire
+
+/// Ranks as the processes of an mpirun job (tests/mpi/main.cpp initialises
+/// MPI): run(n, ...) is called by every process of MPI_COMM_WORLD, which
+/// needs at least n of them; processes 0..n-1 form the world (MPI_Comm_split)
+/// and run fn on an mpi_transport over it, the others wait. Every process
+/// gets every rank's outcome (MPI_Allgatherv), so all of them check the same.
+struct mpi_world {
+  static constexpr std::string_view name = "mpi_transport";
+
+  template <class Fn>
+  static auto run(int n, Fn fn, std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
+    using R = rank_result_t<Fn, ecopt::mpi_transport>;
+    using outcome = world_outcome<R>;
+    int me = 0, processes = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &me);
+    MPI_Comm_size(MPI_COMM_WORLD, &processes);
+    outcome out(n);
+    if (processes < n) {
+      for (int r = 0; r < n; ++r) {
+        out.errors[static_cast<std::size_t>(r)] =
+            "mpi_world: a world of " + std::to_string(n) + " needs mpirun -np " +
+            std::to_string(n) + " or more, this job has " + std::to_string(processes);
+        out.failures[static_cast<std::size_t>(r)] = outcome::failure::other;
+      }
+      return out;
+    }
+    MPI_Comm world = MPI_COMM_NULL;
+    MPI_Comm_split(MPI_COMM_WORLD, me < n ? 0 : MPI_UNDEFINED, me, &world);
+    std::vector<std::byte> mine;
+    if (world != MPI_COMM_NULL) {
+      try {
+        // An exception from fn destroys t while it propagates: t tells its peers.
+        ecopt::mpi_transport t(world, {.timeout = timeout});
+        store_result(out, me, fn, t);
+      } catch (...) {
+        out.record_current_exception(me);
+      }
+      MPI_Comm_free(&world);
+      const auto i = static_cast<std::size_t>(me);
+      wire::put(mine, out.values[i].has_value());
+      if (out.values[i].has_value()) wire::put(mine, *out.values[i]);
+      wire::put(mine, out.errors[i]);
+      wire::put(mine, out.failures[i]);
+    }
+    // Every process learns every rank's outcome.
+    const int own = static_cast<int>(mine.size());
+    std::vector<int> sizes(static_cast<std::size_t>(processes)),
+        offsets(static_cast<std::size_t>(processes));
+    MPI_Allgather(&own, 1, MPI_INT, sizes.data(), 1, MPI_INT, MPI_COMM_WORLD);
+    int total = 0;
+    for (std::size_t p = 0; p < sizes.size(); ++p) {
+      offsets[p] = total;
+      total += sizes[p];
+    }
+    std::vector<std::byte> all(static_cast<std::size_t>(total));
+    MPI_Allgatherv(mine.data(), own, MPI_BYTE, all.data(), sizes.data(), offsets.data(), MPI_BYTE,
+                   MPI_COMM_WORLD);
+    for (int r = 0; r < n; ++r) {
+      if (r == me) continue;
+      const auto i = static_cast<std::size_t>(r);
+      std::span<const std::byte> in(all.data() + offsets[i], static_cast<std::size_t>(sizes[i]));
+      bool has_value = false;
+      wire::get(in, has_value);
+      if (has_value) {
+        R value{};
+        wire::get(in, value);
+        out.values[i] = std::move(value);
+      }
+      wire::get(in, out.errors[i]);
+      wire::get(in, out.failures[i]);
+    }
+    return out;
+  }
+};
+
+#endif  // ECOPT_TEST_MPI_WORLD
 
 /// Base's world with every rank's transport wrapped in simulated_transport
 /// (1 Gbit/s, 50 us: the clock's value does not matter here).

@@ -5,6 +5,10 @@
 // tag mismatches, invalid peers, deadlines, and a peer that fails or returns
 // mid-round. A new transport joins by one entry in `all_worlds` below (and
 // in `large_worlds`).
+// The same file, built with ECOPT_TEST_MPI_WORLD=1 and run under
+// `mpirun -np 4` (tests/CMakeLists.txt: mpi.contracts), checks mpi_transport:
+// its ranks are processes, which is why ranks share nothing but messages
+// (the barrier is checked with steady_clock, which processes on one machine share).
 // Transport-specific behaviour (TCP framing and handshakes, run_threads,
 // allocation-free steady states, the simulated clock) is tested in the
 // transport's own file. Assertions run on the test's thread; rank functions
@@ -16,15 +20,17 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "ecopt/collectives/allgather.hpp"
@@ -58,6 +64,11 @@ using ecopt::test::simulated_world;
 using ecopt::test::thread_world;
 
 // Every transport the contract runs on: one entry each.
+#if ECOPT_TEST_MPI_WORLD
+using ecopt::test::mpi_world;
+using all_worlds = std::tuple<mpi_world, simulated_world<mpi_world>>;
+using large_worlds = std::tuple<mpi_world>;
+#else
 using all_worlds = std::tuple<thread_world, simulated_world<thread_world>
 #if ECOPT_TEST_HAVE_TCP
                               ,
@@ -73,6 +84,7 @@ using large_worlds = std::tuple<thread_world, simulated_world<thread_world>
                                 ecopt::test::tcp_world
 #endif
                                 >;
+#endif
 
 bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
@@ -170,11 +182,16 @@ large_data& large_buffers() {
 
 }  // namespace
 
+#if ECOPT_TEST_MPI_WORLD
+TYPE_TO_STRING(ecopt::test::mpi_world);
+TYPE_TO_STRING(ecopt::test::simulated_world<ecopt::test::mpi_world>);
+#else
 TYPE_TO_STRING(ecopt::test::thread_world);
 TYPE_TO_STRING(ecopt::test::simulated_world<ecopt::test::thread_world>);
 #if ECOPT_TEST_HAVE_TCP
 TYPE_TO_STRING(ecopt::test::tcp_world);
 TYPE_TO_STRING(ecopt::test::simulated_world<ecopt::test::tcp_world>);
+#endif
 #endif
 
 TEST_CASE_TEMPLATE_DEFINE("transport: rank and size; peers must be other ranks of the world", W,
@@ -328,7 +345,6 @@ TEST_CASE_TEMPLATE_DEFINE("transport: every collective agrees with a brute-force
             pattern(block_sizes[static_cast<std::size_t>((q + turn) % 4)], seed_of(q, turn, 7)));
       }
     }
-    std::atomic<int> arrived{0};
     const auto w = W::run(n, [&](auto& t) {
       std::vector<std::string> wrong;
       const int r = t.rank();
@@ -388,19 +404,33 @@ TEST_CASE_TEMPLATE_DEFINE("transport: every collective agrees with a brute-force
           }
         }
       }
-      // barrier: nobody leaves before everybody has arrived.
-      for (int k = 1; k <= 3; ++k) {
-        arrived.fetch_add(1);
+      // barrier: ranks arrive 3 ms apart; each notes when it arrived and left.
+      std::vector<std::int64_t> times;
+      for (int k = 0; k < 3; ++k) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(3 * r));
+        times.push_back(std::chrono::steady_clock::now().time_since_epoch().count());
         ecopt::barrier(t, ws);
-        if (arrived.load() < k * n) wrong.push_back("barrier " + std::to_string(k));
-        ecopt::barrier(t, ws);  // nobody arrives at the next one before all have checked
+        times.push_back(std::chrono::steady_clock::now().time_since_epoch().count());
       }
-      return wrong;
+      return std::pair{wrong, times};
     });
     REQUIRE_MESSAGE(w.all_ok(), w.error_text());
     for (int r = 0; r < n; ++r) {
       CAPTURE(r);
-      CHECK(*w.values[static_cast<std::size_t>(r)] == std::vector<std::string>{});
+      const std::vector<std::string>& wrong = w.values[static_cast<std::size_t>(r)]->first;
+      CHECK_MESSAGE(wrong.empty(), (wrong.empty() ? std::string() : wrong.front())
+                                       << " and " << wrong.size() << " in all");
+    }
+    // Nobody left a barrier before everybody had arrived at it.
+    for (std::size_t k = 0; k < 3; ++k) {
+      std::int64_t last_arrival = 0;
+      std::int64_t first_departure = std::numeric_limits<std::int64_t>::max();
+      for (const auto& v : w.values) {
+        last_arrival = std::max(last_arrival, v->second[2 * k]);
+        first_departure = std::min(first_departure, v->second[2 * k + 1]);
+      }
+      CAPTURE(k);
+      CHECK(last_arrival <= first_departure);
     }
   }
 }

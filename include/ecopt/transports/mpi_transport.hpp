@@ -24,9 +24,24 @@
 //
 // Deadlines. Every operation is non-blocking underneath and polled until it
 // completes or `timeout` passes, which throws transport_error naming the
-// operation and the peer. A rank that dies is, under Open MPI's default
-// settings, noticed by mpirun, which ends the whole job; errors MPI returns
-// (MPI_ERRORS_RETURN is set on our communicators) become transport_error.
+// operation and the peer. Errors MPI returns (MPI_ERRORS_RETURN is set on our
+// communicators) become transport_error.
+//
+// Closing and failures, as in the other transports. A transport's destructor
+// sends every peer a control message -- goodbye, or abort with the reason
+// while an exception propagates -- and waits (at most timeout) for theirs.
+// Control messages carry how many collectives the sender completed. While a
+// rank waits (recv, recv_any, a collective, and at each send) it looks for
+// them: a peer's abort fails every later operation of this rank with
+// "peer rank P failed: <reason>"; a goodbye fails the recvs waiting for that
+// peer ("rank P has closed its transport without sending ...") and a
+// collective the peer left before joining. A rank that dies without closing
+// is noticed by mpirun, which ends the whole job (Open MPI's default).
+// A collective given up that way cannot be cancelled in MPI: the transport
+// then leaves its communicators and internal buffers to MPI (they are not
+// freed, so a late message never reaches a later communicator), and MPI may
+// still write the caller's buffer of that collective while the process goes
+// on calling MPI.
 //
 // bytes_sent() counts point-to-point payload bytes, and for a native
 // collective the bytes a bandwidth-optimal algorithm sends per rank
@@ -51,6 +66,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <exception>
 #include <span>
 #include <string>
 #include <thread>
@@ -153,6 +169,14 @@ concept mpi_reducible =
     std::is_arithmetic_v<V> && !std::is_same_v<std::remove_cv_t<V>, bool> &&
     !std::is_same_v<std::remove_cv_t<V>, char> && !std::is_same_v<std::remove_cv_t<V>, wchar_t>;
 
+/// Types whose sums MPI_SUM gets right. Open MPI 4.1's AVX reductions
+/// (op/avx) saturate 8- and 16-bit integer sums instead of wrapping them
+/// (open-mpi/ompi#8045, closed as "wontfix"), so those sums go through the
+/// ring of collectives/ on point-to-point messages instead, which wraps as
+/// the other transports do.
+template <class V>
+concept mpi_summable = mpi_reducible<V> &&(std::is_floating_point_v<V> || sizeof(V) >= 4);
+
 [[nodiscard]] inline std::string mpi_error_text(int code) {
   char text[MPI_MAX_ERROR_STRING];
   int length = 0;
@@ -184,26 +208,23 @@ class mpi_transport {
     int* upper = nullptr;
     int found = 0;
     MPI_Comm_get_attr(headers_, MPI_TAG_UB, &upper, &found);
-    tag_upper_bound_ = found && upper != nullptr ? *upper : 32767;  // the standard's minimum
+    // The largest MPI tag is the control messages'; data headers use the rest.
+    control_tag_ = found && upper != nullptr ? *upper : 32767;  // the standard's minimum
+    peers_.assign(static_cast<std::size_t>(size_), peer{});
+    control_in_.reserve(control_header_bytes + max_reason_bytes);
   }
   mpi_transport(const mpi_transport&) = delete;
   mpi_transport& operator=(const mpi_transport&) = delete;
 
-  /// Waits (at most timeout) for this rank's sends to complete, then frees
-  /// the communicators.
+  /// Says goodbye (or abort, while an exception propagates) to every peer,
+  /// waits (at most timeout) for this rank's sends and the peers' own
+  /// goodbyes, then frees the communicators -- unless something was given up
+  /// (see the top of this file).
   ~mpi_transport() {
-    const auto deadline = clock::now() + options_.timeout;
-    auto busy = [&] {
-      return std::any_of(pending_.begin(), pending_.end(),
-                         [](const pending_send& p) { return p.busy; });
-    };
-    while (busy() && clock::now() < deadline) {
-      try {
-        reap_sends();
-      } catch (const transport_error&) {
-        break;  // a destructor does not throw; MPI reported the failure already
-      }
-      std::this_thread::yield();
+    try {
+      close(std::uncaught_exceptions() > uncaught_at_start_);
+    } catch (...) {
+      abandoned_ = true;  // a destructor does not throw; leave the rest to MPI
     }
     for (auto& p : pending_) {
       // Not completed in time: let MPI finish (or drop) them on its own.
@@ -212,7 +233,9 @@ class mpi_transport {
       if (p.payload != MPI_REQUEST_NULL) MPI_Request_free(&p.payload);
       // MPI may still read the buffer after we are gone: leak it on purpose.
       new std::vector<std::byte>(std::move(p.buffer));
+      abandoned_ = true;
     }
+    if (abandoned_) return;  // the communicators stay MPI's (see the top of this file)
     MPI_Comm_free(&headers_);
     MPI_Comm_free(&payloads_);
   }
@@ -222,6 +245,8 @@ class mpi_transport {
   [[nodiscard]] std::chrono::milliseconds timeout() const noexcept { return options_.timeout; }
   [[nodiscard]] std::uint64_t bytes_sent() const noexcept { return bytes_sent_; }
 
+  /// Copies `data` into a pooled buffer and posts it; never waits for the
+  /// receiver. Throws transport_error once a peer failed or `to` has closed.
   void send(int to, message_tag tag, std::span<const std::byte> data) {
     check_peer(to, "send to");
     if (data.size() > options_.max_message_bytes) {
@@ -231,44 +256,58 @@ class mpi_transport {
           " bytes exceeds max_message_bytes = " + std::to_string(options_.max_message_bytes));
     }
     reap_sends();
-    pending_send& p = free_slot();
-    p.buffer.resize(header_bytes + data.size());
-    write_header(p.buffer.data(), tag, data.size());
-    if (!data.empty()) std::memcpy(p.buffer.data() + header_bytes, data.data(), data.size());
-    check(MPI_Isend(p.buffer.data(), header_bytes, MPI_BYTE, to, mpi_tag(tag), headers_, &p.header),
-          [&] { return "MPI_Isend (header) to rank " + std::to_string(to); });
-    if (!data.empty()) {
-      check(MPI_Isend(p.buffer.data() + header_bytes, static_cast<int>(data.size()), MPI_BYTE, to,
-                      0, payloads_, &p.payload),
-            [&] { return "MPI_Isend to rank " + std::to_string(to); });
+    poll_control();
+    if (!failure_.empty() || peers_[static_cast<std::size_t>(to)].state != peer_state::open) {
+      const std::string head = "rank " + std::to_string(rank_) + ": cannot send to rank " +
+                               std::to_string(to) + " (tag " + detail::tag_text(tag) + "): ";
+      if (!failure_.empty()) throw transport_error(head + failure_);
+      throw transport_error(head + "rank " + std::to_string(to) + " has closed its transport");
     }
-    p.busy = true;
+    post(to, mpi_tag(tag), header_magic, tag, data);
     bytes_sent_ += data.size();
   }
 
   /// Replaces `into` with the next message from `from`, which must carry `tag`.
+  /// Throws transport_error on a tag mismatch, when `from` has closed without
+  /// sending, when a peer failed, or when timeout() passes.
   void recv(int from, message_tag tag, std::vector<std::byte>& into) {
     check_peer(from, "recv from");
     const auto deadline = clock::now() + options_.timeout;
     MPI_Message message{};
     MPI_Status status{};
+    const peer& p = peers_[static_cast<std::size_t>(from)];
     poll(
         deadline,
         [&] {
-          return "waiting for a message from rank " + std::to_string(from) + " (tag " +
-                 detail::tag_text(tag) + ")";
-        },
-        [&] {
           int found = 0;
           check(MPI_Improbe(from, MPI_ANY_TAG, headers_, &found, &message, &status), "MPI_Improbe");
+          if (found != 0 && status.MPI_TAG == control_tag_) {
+            take_control(message, status);  // its last message: nothing follows
+            return false;
+          }
           return found != 0;
-        });
+        },
+        [&] {
+          // The awaited peer's own failure is the most precise report.
+          const std::string& failure = p.state == peer_state::failed ? p.failure : failure_;
+          if (!failure.empty()) {
+            throw transport_error(me() + failure + " (while waiting for " + wanted_text(from, tag) +
+                                  ")");
+          }
+          if (p.state == peer_state::closed) {
+            throw transport_error(me() + "rank " + std::to_string(from) +
+                                  " has closed its transport without sending " +
+                                  wanted_text(from, tag));
+          }
+        },
+        [&] { return "waiting for " + wanted_text(from, tag); });
     receive_matched(from, tag, message, into, deadline);
   }
 
   /// Replaces `into` with the next message carrying `tag` from whichever rank
   /// has one first, and returns that rank. Only each rank's next message is a
-  /// candidate (per-pair order holds); ranks are polled round-robin.
+  /// candidate (per-pair order holds); ranks are polled round-robin. Throws
+  /// transport_error like recv, or once every other rank has closed.
   int recv_any(message_tag tag, std::vector<std::byte>& into) {
     if (size_ == 1) {
       throw invalid_argument("rank 0: recv_any in a world of one rank has no peer to receive from");
@@ -278,7 +317,6 @@ class mpi_transport {
     int sender = -1;
     poll(
         deadline,
-        [&] { return "waiting for a message from any rank (tag " + detail::tag_text(tag) + ")"; },
         [&] {
           for (int i = 0; i < size_; ++i) {
             const int peer = (next_any_ + i) % size_;
@@ -287,25 +325,42 @@ class mpi_transport {
             MPI_Status status{};
             // A probe does not receive: a header with another tag stays queued.
             check(MPI_Iprobe(peer, MPI_ANY_TAG, headers_, &found, &status), "MPI_Iprobe");
-            if (!found || status.MPI_TAG != mpi_tag(tag)) continue;
-            // The next header from `peer` has this MPI tag, so a probe for the
-            // tag matches that very header (the full tag is checked on receipt).
-            check(MPI_Improbe(peer, mpi_tag(tag), headers_, &found, &message, &status),
+            if (!found) continue;
+            if (status.MPI_TAG != control_tag_ && status.MPI_TAG != mpi_tag(tag)) continue;
+            // The next message from `peer` has this MPI tag, so a probe for the
+            // tag matches that very message (the full tag is checked on receipt).
+            check(MPI_Improbe(peer, status.MPI_TAG, headers_, &found, &message, &status),
                   "MPI_Improbe");
             if (!found) continue;
+            if (status.MPI_TAG == control_tag_) {
+              take_control(message, status);
+              continue;
+            }
             sender = peer;
             next_any_ = (peer + 1) % size_;
             return true;
           }
           return false;
-        });
+        },
+        [&] {
+          if (!failure_.empty()) {
+            throw transport_error(me() + failure_ + " (while waiting for " + wanted_text(-1, tag) +
+                                  ")");
+          }
+          if (!any_peer_open()) {
+            throw transport_error(me() +
+                                  "every other rank has closed its transport without "
+                                  "sending " +
+                                  wanted_text(-1, tag));
+          }
+        },
+        [&] { return "waiting for " + wanted_text(-1, tag); });
     receive_matched(sender, tag, message, into, deadline);
     return sender;
   }
-
   // --- Native collectives (found by collectives/ with `requires`) -------------
 
-  template <detail::mpi_reducible V>
+  template <detail::mpi_summable V>
   void native_allreduce_sum(std::span<V> data) {
     allreduce(data, MPI_SUM, "allreduce_sum");
   }
@@ -324,6 +379,7 @@ class mpi_transport {
                      &request),
           "MPI_Ibcast");
     wait(request, "broadcast");
+    collective_done();
     if (rank_ == root) bytes_sent_ += data.size_bytes();
   }
 
@@ -331,6 +387,7 @@ class mpi_transport {
     MPI_Request request = MPI_REQUEST_NULL;
     check(MPI_Ibarrier(headers_, &request), "MPI_Ibarrier");
     wait(request, "barrier");
+    collective_done();
   }
 
   /// all := the ranks' equal-size `mine` blocks in rank order.
@@ -352,6 +409,7 @@ class mpi_transport {
                          MPI_BYTE, headers_, &request),
           "MPI_Iallgather");
     wait(request, "allgather");
+    collective_done();
     bytes_sent_ += static_cast<std::uint64_t>(size_ - 1) * mine.size_bytes();
   }
 
@@ -386,6 +444,7 @@ class mpi_transport {
                           displacements_.data(), MPI_BYTE, headers_, &request),
           "MPI_Iallgatherv");
     wait(request, "allgather_bytes");
+    collective_done();
     all.resize(n);
     for (std::size_t r = 0; r < n; ++r) {
       const auto* begin = gathered_.data() + displacements_[r];
@@ -397,12 +456,27 @@ class mpi_transport {
  private:
   using clock = std::chrono::steady_clock;
   static constexpr int header_bytes = 16;
-  static constexpr std::uint32_t magic = 0xEC0A'7B11u;
+  static constexpr std::uint32_t header_magic = 0xEC0A'7B11u;
+  // Control messages: magic, kind, collectives completed (8 bytes), reason.
+  static constexpr int control_header_bytes = 16;
+  static constexpr std::uint32_t control_magic = 0xEC0A'7B12u;
+  static constexpr std::uint32_t goodbye_kind = 1;
+  static constexpr std::uint32_t abort_kind = 2;
+  static constexpr std::size_t max_reason_bytes = 1024;
+
+  enum class peer_state : unsigned char { open, closed, failed };
+
+  struct peer {
+    peer_state state = peer_state::open;  // this rank's own entry stays open
+    std::uint64_t collectives = 0;        // completed before it closed
+    std::string failure;                  // "peer rank P failed: ..." once it did
+  };
 
   struct pending_send {
     MPI_Request header = MPI_REQUEST_NULL;
     MPI_Request payload = MPI_REQUEST_NULL;
     std::vector<std::byte> buffer;  ///< header, then payload
+    int to = -1;
     bool busy = false;
   };
 
@@ -411,8 +485,7 @@ class mpi_transport {
   template <class What>
   void check(int code, const What& what) const {
     if (code == MPI_SUCCESS) return;
-    throw transport_error("rank " + std::to_string(rank_) + ": " + describe(what) +
-                          " failed: " + detail::mpi_error_text(code));
+    throw transport_error(me() + describe(what) + " failed: " + detail::mpi_error_text(code));
   }
 
   template <class What>
@@ -422,6 +495,14 @@ class mpi_transport {
     } else {
       return std::string(what);
     }
+  }
+
+  [[nodiscard]] std::string me() const { return "rank " + std::to_string(rank_) + ": "; }
+
+  /// "a message from rank F (tag T)", or "from any rank" for from = -1.
+  [[nodiscard]] static std::string wanted_text(int from, message_tag tag) {
+    return "a message from " + (from >= 0 ? "rank " + std::to_string(from) : "any rank") +
+           " (tag " + detail::tag_text(tag) + ")";
   }
 
   void check_peer(int peer, const char* what) const {
@@ -462,20 +543,28 @@ class mpi_transport {
                          detail::mpi_datatype<V>(), op, headers_, &request),
           [&] { return std::string("MPI_Iallreduce (") + what + ")"; });
     wait(request, what);
+    collective_done();
     bytes_sent_ += 2 * static_cast<std::uint64_t>(size_ - 1) * data.size_bytes() /
                    static_cast<std::uint64_t>(size_);
   }
 
-  /// Calls `ready` until it returns true; throws transport_error naming
-  /// `what` (see check) when the deadline passes. Spins briefly, then backs off.
-  template <class What, class Ready>
-  void poll(clock::time_point deadline, const What& what, Ready&& ready) {
+  /// Calls `ready` until it returns true. Every 64 calls it also reaps sends,
+  /// reads control messages, and calls `hopeless`, which throws once waiting
+  /// cannot succeed; it throws transport_error naming `what` (see check) when
+  /// the deadline passes. Spins briefly, then backs off.
+  template <class Ready, class Hopeless, class What>
+  void poll(clock::time_point deadline, Ready&& ready, Hopeless&& hopeless, const What& what) {
     for (unsigned spins = 0;; ++spins) {
       if (ready()) return;
       if ((spins & 63u) == 63u) {
         reap_sends();
+        poll_control();
+        // A closing peer's last messages are matched before its goodbye:
+        // look once more, after the control messages were read.
+        if (ready()) return;
+        hopeless();
         if (clock::now() >= deadline) {
-          throw transport_error("rank " + std::to_string(rank_) + ": timed out after " +
+          throw transport_error(me() + "timed out after " +
                                 std::to_string(options_.timeout.count()) + " ms " + describe(what));
         }
       }
@@ -486,36 +575,194 @@ class mpi_transport {
     }
   }
 
+  /// Waits for a collective's request. A peer's failure, or a peer that
+  /// closed before completing this collective (it counts the ones it
+  /// completed), makes the wait hopeless: the request is then given up.
   void wait(MPI_Request& request, const char* what) {
     const auto deadline = clock::now() + options_.timeout;
-    poll(
-        deadline, [&] { return std::string("in ") + what; },
-        [&] {
-          int done = 0;
-          check(MPI_Test(&request, &done, MPI_STATUS_IGNORE),
-                [&] { return std::string("MPI_Test (") + what + ")"; });
-          return done != 0;
-        });
+    try {
+      poll(
+          deadline,
+          [&] {
+            int done = 0;
+            check(MPI_Test(&request, &done, MPI_STATUS_IGNORE),
+                  [&] { return std::string("MPI_Test (") + what + ")"; });
+            return done != 0;
+          },
+          [&] {
+            if (!failure_.empty()) {
+              throw transport_error(me() + failure_ + " (in " + what + ")");
+            }
+            for (int r = 0; r < size_; ++r) {
+              const peer& p = peers_[static_cast<std::size_t>(r)];
+              if (p.state == peer_state::closed && p.collectives <= collectives_) {
+                throw transport_error(me() + "rank " + std::to_string(r) +
+                                      " has closed its transport without joining " + what);
+              }
+            }
+          },
+          [&] { return std::string("in ") + what; });
+    } catch (...) {
+      abandon();
+      throw;
+    }
   }
 
-  static void write_header(std::byte* out, message_tag tag, std::uint64_t length) noexcept {
-    const std::uint32_t m = magic;
-    std::memcpy(out, &m, 4);
-    std::memcpy(out + 4, &tag, 4);
+  void collective_done() noexcept { ++collectives_; }
+
+  [[nodiscard]] bool any_peer_open() const noexcept {
+    for (int r = 0; r < size_; ++r) {
+      if (r != rank_ && peers_[static_cast<std::size_t>(r)].state == peer_state::open) return true;
+    }
+    return false;
+  }
+
+  /// A collective was given up: MPI may still use its buffers, so the
+  /// internal ones are left to it, and the communicators are not freed.
+  void abandon() noexcept {
+    abandoned_ = true;
+    try {
+      new std::vector<int>(std::move(counts_));
+      new std::vector<int>(std::move(displacements_));
+      new std::vector<std::byte>(std::move(gathered_));
+    } catch (...) {
+    }
+  }
+
+  static void write_header(std::byte* out, std::uint32_t magic, std::uint32_t word,
+                           std::uint64_t length) noexcept {
+    std::memcpy(out, &magic, 4);
+    std::memcpy(out + 4, &word, 4);
     std::memcpy(out + 8, &length, 8);
   }
-  static message_tag read_tag(const std::byte* header) noexcept {
-    message_tag tag;
-    std::memcpy(&tag, header + 4, 4);
-    return tag;
+
+  /// Posts a 16-byte header (magic, word, data's length or a count) with MPI
+  /// tag `tag` and, for data messages, `data` on the payload communicator.
+  /// Control messages carry `data` in the same message instead.
+  void post(int to, int tag, std::uint32_t magic, std::uint32_t word,
+            std::span<const std::byte> data, std::uint64_t count = 0) {
+    const bool control = magic == control_magic;
+    pending_send& p = free_slot();
+    p.buffer.resize(header_bytes + data.size());
+    write_header(p.buffer.data(), magic, word, control ? count : data.size());
+    if (!data.empty()) std::memcpy(p.buffer.data() + header_bytes, data.data(), data.size());
+    const int head = control ? static_cast<int>(p.buffer.size()) : header_bytes;
+    check(MPI_Isend(p.buffer.data(), head, MPI_BYTE, to, tag, headers_, &p.header),
+          [&] { return "MPI_Isend (header) to rank " + std::to_string(to); });
+    p.to = to;
+    p.busy = true;
+    if (!control && !data.empty()) {
+      check(MPI_Isend(p.buffer.data() + header_bytes, static_cast<int>(data.size()), MPI_BYTE, to,
+                      0, payloads_, &p.payload),
+            [&] { return "MPI_Isend to rank " + std::to_string(to); });
+    }
   }
 
-  /// The MPI tag a header travels with: the ecopt tag modulo MPI_TAG_UB + 1
-  /// (MPI tags are non-negative ints, 2^31 - 1 at most in Open MPI), so
-  /// recv_any can select by tag with a probe. The header carries the full tag, which the receiver
-  /// checks.
+  /// The MPI tag a data header travels with: the ecopt tag modulo MPI_TAG_UB
+  /// (MPI tags are non-negative ints, 2^31 - 1 at most in Open MPI; the
+  /// largest is the control messages'), so recv_any can select by tag with a
+  /// probe. The header carries the full tag, which the receiver checks.
   [[nodiscard]] int mpi_tag(message_tag tag) const noexcept {
-    return static_cast<int>(tag % (static_cast<std::uint64_t>(tag_upper_bound_) + 1));
+    return static_cast<int>(tag % static_cast<std::uint64_t>(control_tag_));
+  }
+
+  /// Reads every control message that has arrived.
+  void poll_control() {
+    for (;;) {
+      int found = 0;
+      MPI_Message message{};
+      MPI_Status status{};
+      check(MPI_Improbe(MPI_ANY_SOURCE, control_tag_, headers_, &found, &message, &status),
+            "MPI_Improbe (control)");
+      if (!found) return;
+      take_control(message, status);
+    }
+  }
+
+  /// Receives a matched control message and records the peer's goodbye or
+  /// failure (a malformed one fails the peer).
+  void take_control(MPI_Message& message, const MPI_Status& status) {
+    const int from = status.MPI_SOURCE;
+    int count = 0;
+    MPI_Get_count(&status, MPI_BYTE, &count);
+    // The buffer holds the largest valid message without allocating; a larger
+    // one is still received (in full, so the stream stays usable) to report it.
+    control_in_.resize(static_cast<std::size_t>(std::max(count, 0)));
+    check(MPI_Mrecv(control_in_.data(), count, MPI_BYTE, &message, MPI_STATUS_IGNORE),
+          [&] { return "MPI_Mrecv (control) from rank " + std::to_string(from); });
+    peer& p = peers_[static_cast<std::size_t>(from)];
+    if (p.state != peer_state::open) return;  // nothing follows a goodbye or an abort
+    std::uint32_t magic = 0, kind = 0;
+    std::uint64_t collectives = 0;
+    if (count >= control_header_bytes) {
+      std::memcpy(&magic, control_in_.data(), 4);
+      std::memcpy(&kind, control_in_.data() + 4, 4);
+      std::memcpy(&collectives, control_in_.data() + 8, 8);
+    }
+    const auto reason_bytes = static_cast<std::size_t>(std::max(count - control_header_bytes, 0));
+    const bool valid =
+        count >= control_header_bytes && magic == control_magic &&
+        (kind == goodbye_kind ? reason_bytes == 0
+                              : kind == abort_kind && reason_bytes <= max_reason_bytes);
+    if (valid && kind == goodbye_kind) {
+      p.state = peer_state::closed;
+      p.collectives = collectives;
+      return;
+    }
+    p.state = peer_state::failed;
+    if (valid) {
+      p.failure =
+          "peer rank " + std::to_string(from) + " failed: " +
+          std::string(reinterpret_cast<const char*>(control_in_.data()) + control_header_bytes,
+                      reason_bytes);
+    } else {
+      p.failure = "rank " + std::to_string(from) +
+                  " broke the message protocol: a control "
+                  "message of " +
+                  std::to_string(count) + " bytes (magic " + std::to_string(magic) + ", kind " +
+                  std::to_string(kind) + ")";
+    }
+    if (failure_.empty()) failure_ = p.failure;
+  }
+
+  /// Tells every peer this rank closes (goodbye, or abort with the reason),
+  /// then waits until the sends to open peers completed and every peer has
+  /// closed too, or the deadline passes.
+  void close(bool failing) {
+    const auto deadline = clock::now() + options_.timeout;
+    poll_control();
+    std::string reason;
+    if (failing) {
+      reason = "its transport was destroyed while an exception was propagating";
+      if (!failure_.empty()) reason += "; it had seen: " + failure_;
+      reason.resize(std::min(reason.size(), max_reason_bytes));
+    }
+    const auto text = std::as_bytes(std::span(reason.data(), reason.size()));
+    // Every peer waits for it, failed ones too (they are closing as well).
+    for (int r = 0; r < size_; ++r) {
+      if (r == rank_) continue;
+      post(r, control_tag_, control_magic, failing ? abort_kind : goodbye_kind, text, collectives_);
+    }
+    const auto finished = [&] {
+      if (any_peer_open()) return false;
+      // A send to a closed or failed peer may never be received: not waited for.
+      return std::none_of(pending_.begin(), pending_.end(), [&](const pending_send& p) {
+        return p.busy && peers_[static_cast<std::size_t>(p.to)].state == peer_state::open;
+      });
+    };
+    for (unsigned spins = 0;; ++spins) {
+      reap_sends();
+      poll_control();
+      if (finished()) break;
+      if (clock::now() >= deadline) {
+        abandoned_ = true;  // a peer may still send: keep the communicators out of reuse
+        break;
+      }
+      if (spins > 256)
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+      else
+        std::this_thread::yield();
+    }
   }
 
   void receive_matched(int from, message_tag tag, MPI_Message& message,
@@ -528,19 +775,19 @@ class mpi_transport {
     MPI_Get_count(&status, MPI_BYTE, &count);
     std::uint32_t m = 0;
     std::memcpy(&m, header, 4);
-    if (count != header_bytes || m != magic) {
-      throw transport_error("rank " + std::to_string(rank_) +
-                            ": malformed message header from rank " + std::to_string(from) + " (" +
-                            std::to_string(count) + " bytes, magic " + std::to_string(m) + ")");
+    if (count != header_bytes || m != header_magic) {
+      throw transport_error(me() + "malformed message header from rank " + std::to_string(from) +
+                            " (" + std::to_string(count) + " bytes, magic " + std::to_string(m) +
+                            ")");
     }
-    const message_tag got = read_tag(header);
+    message_tag got = 0;
+    std::memcpy(&got, header + 4, 4);
     std::uint64_t length = 0;
     std::memcpy(&length, header + 8, 8);
     if (length > options_.max_message_bytes) {
-      throw transport_error(
-          "rank " + std::to_string(rank_) + ": message from rank " + std::to_string(from) +
-          " announces " + std::to_string(length) +
-          " bytes, above max_message_bytes = " + std::to_string(options_.max_message_bytes));
+      throw transport_error(me() + "message from rank " + std::to_string(from) + " announces " +
+                            std::to_string(length) + " bytes, above max_message_bytes = " +
+                            std::to_string(options_.max_message_bytes));
     }
     // Receive the payload even on a tag mismatch, so the stream stays in step.
     into.resize(static_cast<std::size_t>(length));
@@ -549,21 +796,31 @@ class mpi_transport {
       check(
           MPI_Irecv(into.data(), static_cast<int>(length), MPI_BYTE, from, 0, payloads_, &request),
           [&] { return "MPI_Irecv from rank " + std::to_string(from); });
-      poll(
-          deadline,
-          [&] {
-            return "waiting for the payload of a message from rank " + std::to_string(from) +
-                   " (tag " + detail::tag_text(got) + ")";
-          },
-          [&] {
-            int done = 0;
-            check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "MPI_Test");
-            return done != 0;
-          });
+      // The sender posted the payload with its header, before any goodbye or
+      // abort: only the deadline ends this wait.
+      try {
+        poll(
+            deadline,
+            [&] {
+              int done = 0;
+              check(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "MPI_Test");
+              return done != 0;
+            },
+            [] {},
+            [&] {
+              return "waiting for the payload of a message from rank " + std::to_string(from) +
+                     " (tag " + detail::tag_text(got) + ")";
+            });
+      } catch (...) {
+        MPI_Cancel(&request);
+        MPI_Request_free(&request);
+        abandoned_ = true;
+        throw;
+      }
     }
     if (got != tag) {
-      throw transport_error("rank " + std::to_string(rank_) + ": protocol mismatch: expected tag " +
-                            detail::tag_text(tag) + " from rank " + std::to_string(from) +
+      throw transport_error(me() + "protocol mismatch: expected tag " + detail::tag_text(tag) +
+                            " from rank " + std::to_string(from) +
                             " but its next message has tag " + detail::tag_text(got));
     }
   }
@@ -598,13 +855,18 @@ class mpi_transport {
   int rank_ = 0;
   int size_ = 1;
   int next_any_ = 0;
-  int tag_upper_bound_ = 32767;
+  int control_tag_ = 32767;
+  int uncaught_at_start_ = std::uncaught_exceptions();
   std::uint64_t bytes_sent_ = 0;
+  std::uint64_t collectives_ = 0;  // native collectives completed
+  bool abandoned_ = false;         // an operation was given up (see the top of this file)
+  std::vector<peer> peers_;        // by rank
+  std::string failure_;            // the first failure seen, reported by every later operation
+  std::vector<std::byte> control_in_;
   std::vector<pending_send> pending_;
   std::vector<int> counts_, displacements_;
   std::vector<std::byte> gathered_;
 };
-
 static_assert(RecvAnyTransport<mpi_transport>);
 
 }  // namespace ecopt
