@@ -175,7 +175,9 @@ concept mpi_reducible =
 /// ring of collectives/ on point-to-point messages instead, which wraps as
 /// the other transports do.
 template <class V>
-concept mpi_summable = mpi_reducible<V> &&(std::is_floating_point_v<V> || sizeof(V) >= 4);
+inline constexpr bool mpi_sum_trusted = std::is_floating_point_v<V> || sizeof(V) >= 4;
+template <class V>
+concept mpi_summable = mpi_reducible<V> && mpi_sum_trusted<V>;
 
 [[nodiscard]] inline std::string mpi_error_text(int code) {
   char text[MPI_MAX_ERROR_STRING];
