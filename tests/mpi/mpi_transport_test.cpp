@@ -1,7 +1,8 @@
 // mpi_transport under mpirun -np 1..4 (tests/CMakeLists.txt starts them):
 // point-to-point, tags, recv_any, deadlines, every collective (mapped to MPI's
-// own) against serial references, and a solver run that matches the same run
-// on threads. Every rank runs every case; checks are per rank.
+// own) against serial references, a peer's goodbye, and a solver run that
+// matches the same run on threads. Every rank runs every case; checks are per
+// rank. (The transport contract suite runs on MPI too: mpi.contracts.)
 #include <doctest/doctest.h>
 
 #include <Eigen/Core>
@@ -299,4 +300,37 @@ TEST_CASE("a solver over MPI ends where the same run on threads ends") {
   CHECK((x_mpi - x_threads).cwiseAbs().maxCoeff() == 0.0);
   CHECK(initial_loss == doctest::Approx(initial_threads).epsilon(1e-13));
   CHECK(loss_mpi < 0.75 * initial_loss);  // and it did optimise
+}
+
+TEST_CASE("a peer's goodbye fails the recvs waiting for it and later sends to it") {
+  std::string recv_error, send_error;
+  {
+    auto t = make_transport(10s);
+    if (t.rank() == 1) t.send(0, 3, message(1, 0, 10, 3));
+    if (t.rank() == 0 && t.size() > 1) {
+      std::vector<std::byte> got;
+      t.recv(1, 3, got);  // sent before the goodbye: still delivered
+      CHECK(got == message(1, 0, 10, 3));
+      try {
+        t.recv(1, 3, got);
+      } catch (const ecopt::transport_error& e) {
+        recv_error = e.what();
+      }
+      try {
+        t.send(1, 3, got);
+      } catch (const ecopt::transport_error& e) {
+        send_error = e.what();
+      }
+    }
+    // Rank 1 closes here at once; the others wait in their destructors for
+    // every goodbye, rank 0's last.
+  }
+  int rank = 0, size = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  if (rank == 0 && size > 1) {
+    CHECK(recv_error ==
+          "rank 0: rank 1 has closed its transport without sending a message from rank 1 (tag 3)");
+    CHECK(send_error == "rank 0: cannot send to rank 1 (tag 3): rank 1 has closed its transport");
+  }
 }
