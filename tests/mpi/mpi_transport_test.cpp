@@ -179,7 +179,10 @@ TEST_CASE("recv_any takes every peer's message once and names the sender") {
 }
 
 TEST_CASE("native collectives agree with serial references on every rank") {
-  auto t = make_transport();
+  bool staged = true;
+  SUBCASE("on the transport's copy of the data") { staged = true; }
+  SUBCASE("in the caller's buffers (stage_collectives = false)") { staged = false; }
+  mpi_transport t(MPI_COMM_WORLD, ecopt::mpi_options{.timeout = 30s, .stage_collectives = staged});
   const int n = t.size();
   collective_workspace ws;
   for (const std::size_t size :

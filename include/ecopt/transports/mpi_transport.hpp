@@ -38,10 +38,10 @@
 // collective the peer left before joining. A rank that dies without closing
 // is noticed by mpirun, which ends the whole job (Open MPI's default).
 // A collective given up that way cannot be cancelled in MPI: the transport
-// then leaves its communicators and internal buffers to MPI (they are not
-// freed, so a late message never reaches a later communicator), and MPI may
-// still write the caller's buffer of that collective while the process goes
-// on calling MPI.
+// then leaves its communicators and buffers to MPI (they are not freed, so a
+// late message never reaches a later communicator, and MPI never touches
+// freed memory). Collectives therefore run on the transport's own copy of the
+// data (mpi_options::stage_collectives; two memcpys per collective).
 //
 // bytes_sent() counts point-to-point payload bytes, and for a native
 // collective the bytes a bandwidth-optimal algorithm sends per rank
@@ -119,6 +119,12 @@ struct mpi_options {
   /// Messages longer than this are refused by send() and by the receiver
   /// (before it allocates); at most 2^31 - 1 (one MPI count of bytes).
   std::uint64_t max_message_bytes = std::uint64_t{1} << 30;
+  /// Native collectives work on the transport's own copy of the data (two
+  /// memcpys each). A collective given up after a peer failed cannot be
+  /// cancelled in MPI, which may go on reading and writing its buffers: with
+  /// staging those are the transport's (then left to MPI); without it, the
+  /// caller's, which the caller must then keep alive until MPI_Finalize.
+  bool stage_collectives = true;
 
   void validate() const {
     if (timeout.count() <= 0) {
@@ -376,12 +382,14 @@ class mpi_transport {
   void native_broadcast(std::span<V> data, int root) {
     check_root(root, "broadcast");
     check_count(data.size_bytes(), "broadcast");
+    const auto bytes = std::as_writable_bytes(data);
+    std::byte* buffer = stage(bytes, rank_ == root);
     MPI_Request request = MPI_REQUEST_NULL;
-    check(MPI_Ibcast(data.data(), static_cast<int>(data.size_bytes()), MPI_BYTE, root, headers_,
-                     &request),
+    check(MPI_Ibcast(buffer, static_cast<int>(bytes.size()), MPI_BYTE, root, headers_, &request),
           "MPI_Ibcast");
     wait(request, "broadcast");
     collective_done();
+    unstage(bytes, buffer);
     if (rank_ == root) bytes_sent_ += data.size_bytes();
   }
 
@@ -403,15 +411,23 @@ class mpi_transport {
                              std::to_string(mine.size()));
     }
     check_count(mine.size_bytes(), "allgather");
-    // MPI_IN_PLACE when `mine` is this rank's block already.
-    const bool in_place = mine.data() == all.data() + static_cast<std::size_t>(rank_) * mine.size();
+    check_count(all.size_bytes(), "allgather");
+    // In place: this rank's block goes where MPI_Iallgather leaves it.
+    const auto out = std::as_writable_bytes(all);
+    const std::size_t block = mine.size_bytes();
+    std::byte* buffer = stage(out, false);
+    std::byte* own = buffer + static_cast<std::size_t>(rank_) * block;
+    if (block > 0 && own != reinterpret_cast<const std::byte*>(mine.data())) {
+      std::memmove(own, mine.data(), block);
+    }
     MPI_Request request = MPI_REQUEST_NULL;
-    const int count = static_cast<int>(mine.size_bytes());
-    check(MPI_Iallgather(in_place ? MPI_IN_PLACE : mine.data(), count, MPI_BYTE, all.data(), count,
-                         MPI_BYTE, headers_, &request),
-          "MPI_Iallgather");
+    const int count = static_cast<int>(block);
+    check(
+        MPI_Iallgather(MPI_IN_PLACE, count, MPI_BYTE, buffer, count, MPI_BYTE, headers_, &request),
+        "MPI_Iallgather");
     wait(request, "allgather");
     collective_done();
+    unstage(out, buffer);
     bytes_sent_ += static_cast<std::uint64_t>(size_ - 1) * mine.size_bytes();
   }
 
@@ -423,8 +439,9 @@ class mpi_transport {
     const auto n = static_cast<std::size_t>(size_);
     counts_.assign(n, 0);
     const int own = static_cast<int>(mine.size());
+    counts_[static_cast<std::size_t>(rank_)] = own;
     MPI_Request request = MPI_REQUEST_NULL;
-    check(MPI_Iallgather(&own, 1, MPI_INT, counts_.data(), 1, MPI_INT, headers_, &request),
+    check(MPI_Iallgather(MPI_IN_PLACE, 1, MPI_INT, counts_.data(), 1, MPI_INT, headers_, &request),
           "MPI_Iallgather (sizes)");
     wait(request, "allgather_bytes (sizes)");
     displacements_.assign(n, 0);
@@ -442,7 +459,12 @@ class mpi_transport {
       }
     }
     gathered_.resize(static_cast<std::size_t>(total));
-    check(MPI_Iallgatherv(mine.data(), own, MPI_BYTE, gathered_.data(), counts_.data(),
+    // In place, so MPI reads this rank's block from the transport's buffer.
+    if (own > 0) {
+      std::memcpy(gathered_.data() + displacements_[static_cast<std::size_t>(rank_)], mine.data(),
+                  mine.size());
+    }
+    check(MPI_Iallgatherv(MPI_IN_PLACE, own, MPI_BYTE, gathered_.data(), counts_.data(),
                           displacements_.data(), MPI_BYTE, headers_, &request),
           "MPI_Iallgatherv");
     wait(request, "allgather_bytes");
@@ -540,12 +562,15 @@ class mpi_transport {
       throw invalid_argument(std::string(what) + ": more than 2^31 - 1 elements");
     }
     if (size_ == 1 || data.empty()) return;
+    const auto bytes = std::as_writable_bytes(data);
+    std::byte* buffer = stage(bytes, true);
     MPI_Request request = MPI_REQUEST_NULL;
-    check(MPI_Iallreduce(MPI_IN_PLACE, data.data(), static_cast<int>(data.size()),
+    check(MPI_Iallreduce(MPI_IN_PLACE, buffer, static_cast<int>(data.size()),
                          detail::mpi_datatype<V>(), op, headers_, &request),
           [&] { return std::string("MPI_Iallreduce (") + what + ")"; });
     wait(request, what);
     collective_done();
+    unstage(bytes, buffer);
     bytes_sent_ += 2 * static_cast<std::uint64_t>(size_ - 1) * data.size_bytes() /
                    static_cast<std::uint64_t>(size_);
   }
@@ -612,6 +637,21 @@ class mpi_transport {
 
   void collective_done() noexcept { ++collectives_; }
 
+  /// The buffer a native collective hands MPI for `data`: the transport's
+  /// staging copy (holding `data` when `copy_in`), or `data` itself when
+  /// staging is off (mpi_options::stage_collectives).
+  std::byte* stage(std::span<std::byte> data, bool copy_in) {
+    if (!options_.stage_collectives) return data.data();
+    staging_.resize(data.size());
+    if (copy_in && !data.empty()) std::memcpy(staging_.data(), data.data(), data.size());
+    return staging_.data();
+  }
+
+  /// Copies a finished collective's result back from the staging buffer.
+  static void unstage(std::span<std::byte> data, const std::byte* buffer) noexcept {
+    if (buffer != data.data() && !data.empty()) std::memcpy(data.data(), buffer, data.size());
+  }
+
   [[nodiscard]] bool any_peer_open() const noexcept {
     for (int r = 0; r < size_; ++r) {
       if (r != rank_ && peers_[static_cast<std::size_t>(r)].state == peer_state::open) return true;
@@ -627,6 +667,7 @@ class mpi_transport {
       new std::vector<int>(std::move(counts_));
       new std::vector<int>(std::move(displacements_));
       new std::vector<std::byte>(std::move(gathered_));
+      new std::vector<std::byte>(std::move(staging_));
     } catch (...) {
     }
   }
@@ -868,6 +909,7 @@ class mpi_transport {
   std::vector<pending_send> pending_;
   std::vector<int> counts_, displacements_;
   std::vector<std::byte> gathered_;
+  std::vector<std::byte> staging_;  // native collectives' copy of the data
 };
 static_assert(RecvAnyTransport<mpi_transport>);
 
