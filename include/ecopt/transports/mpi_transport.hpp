@@ -219,7 +219,7 @@ class mpi_transport {
     // The largest MPI tag is the control messages'; data headers use the rest.
     control_tag_ = found && upper != nullptr ? *upper : 32767;  // the standard's minimum
     peers_.assign(static_cast<std::size_t>(size_), peer{});
-    control_in_.reserve(control_header_bytes + max_reason_bytes);
+    control_in_.reserve(header_bytes + max_reason_bytes);
   }
   mpi_transport(const mpi_transport&) = delete;
   mpi_transport& operator=(const mpi_transport&) = delete;
@@ -388,7 +388,7 @@ class mpi_transport {
     check(MPI_Ibcast(buffer, static_cast<int>(bytes.size()), MPI_BYTE, root, headers_, &request),
           "MPI_Ibcast");
     wait(request, "broadcast");
-    collective_done();
+    ++collectives_;
     unstage(bytes, buffer);
     if (rank_ == root) bytes_sent_ += data.size_bytes();
   }
@@ -397,7 +397,7 @@ class mpi_transport {
     MPI_Request request = MPI_REQUEST_NULL;
     check(MPI_Ibarrier(headers_, &request), "MPI_Ibarrier");
     wait(request, "barrier");
-    collective_done();
+    ++collectives_;
   }
 
   /// all := the ranks' equal-size `mine` blocks in rank order.
@@ -426,7 +426,7 @@ class mpi_transport {
         MPI_Iallgather(MPI_IN_PLACE, count, MPI_BYTE, buffer, count, MPI_BYTE, headers_, &request),
         "MPI_Iallgather");
     wait(request, "allgather");
-    collective_done();
+    ++collectives_;
     unstage(out, buffer);
     bytes_sent_ += static_cast<std::uint64_t>(size_ - 1) * mine.size_bytes();
   }
@@ -468,7 +468,7 @@ class mpi_transport {
                           displacements_.data(), MPI_BYTE, headers_, &request),
           "MPI_Iallgatherv");
     wait(request, "allgather_bytes");
-    collective_done();
+    ++collectives_;
     all.resize(n);
     for (std::size_t r = 0; r < n; ++r) {
       const auto* begin = gathered_.data() + displacements_[r];
@@ -481,8 +481,8 @@ class mpi_transport {
   using clock = std::chrono::steady_clock;
   static constexpr int header_bytes = 16;
   static constexpr std::uint32_t header_magic = 0xEC0A'7B11u;
-  // Control messages: magic, kind, collectives completed (8 bytes), reason.
-  static constexpr int control_header_bytes = 16;
+  // Control messages: the same 16-byte header (magic, kind, collectives
+  // completed), then the reason.
   static constexpr std::uint32_t control_magic = 0xEC0A'7B12u;
   static constexpr std::uint32_t goodbye_kind = 1;
   static constexpr std::uint32_t abort_kind = 2;
@@ -569,7 +569,7 @@ class mpi_transport {
                          detail::mpi_datatype<V>(), op, headers_, &request),
           [&] { return std::string("MPI_Iallreduce (") + what + ")"; });
     wait(request, what);
-    collective_done();
+    ++collectives_;
     unstage(bytes, buffer);
     bytes_sent_ += 2 * static_cast<std::uint64_t>(size_ - 1) * data.size_bytes() /
                    static_cast<std::uint64_t>(size_);
@@ -634,8 +634,6 @@ class mpi_transport {
       throw;
     }
   }
-
-  void collective_done() noexcept { ++collectives_; }
 
   /// The buffer a native collective hands MPI for `data`: the transport's
   /// staging copy (holding `data` when `copy_in`), or `data` itself when
@@ -737,14 +735,14 @@ class mpi_transport {
     if (p.state != peer_state::open) return;  // nothing follows a goodbye or an abort
     std::uint32_t magic = 0, kind = 0;
     std::uint64_t collectives = 0;
-    if (count >= control_header_bytes) {
+    if (count >= header_bytes) {
       std::memcpy(&magic, control_in_.data(), 4);
       std::memcpy(&kind, control_in_.data() + 4, 4);
       std::memcpy(&collectives, control_in_.data() + 8, 8);
     }
-    const auto reason_bytes = static_cast<std::size_t>(std::max(count - control_header_bytes, 0));
+    const auto reason_bytes = static_cast<std::size_t>(std::max(count - header_bytes, 0));
     const bool valid =
-        count >= control_header_bytes && magic == control_magic &&
+        count >= header_bytes && magic == control_magic &&
         (kind == goodbye_kind ? reason_bytes == 0
                               : kind == abort_kind && reason_bytes <= max_reason_bytes);
     if (valid && kind == goodbye_kind) {
@@ -754,10 +752,9 @@ class mpi_transport {
     }
     p.state = peer_state::failed;
     if (valid) {
-      p.failure =
-          "peer rank " + std::to_string(from) + " failed: " +
-          std::string(reinterpret_cast<const char*>(control_in_.data()) + control_header_bytes,
-                      reason_bytes);
+      p.failure = "peer rank " + std::to_string(from) + " failed: " +
+                  std::string(reinterpret_cast<const char*>(control_in_.data()) + header_bytes,
+                              reason_bytes);
     } else {
       p.failure = "rank " + std::to_string(from) +
                   " broke the message protocol: a control "
