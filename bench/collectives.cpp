@@ -12,11 +12,16 @@
 //    shared through MPI); tcp-unchecked: the same without payload checksums;
 //  * threads: thread_transport; rank 0's process runs all P ranks as threads,
 //    the other processes sleep meanwhile.
-// Figures: time per operation (the slowest rank's, best of the repetitions) and
-// bus bandwidth as nccl-tests define it: allreduce 2(P-1)/P * bytes / time,
-// allgather (P-1)/P * (P * block bytes) / time, so that one number compares
-// algorithms and world sizes. Rank 0 prints a Markdown table.
+// Figures: time per operation (the slowest rank's, best of the repetitions;
+// the rows of one MPI job run their repetitions interleaved), bus bandwidth as
+// nccl-tests define it: allreduce 2(P-1)/P * bytes / time, allgather
+// (P-1)/P * (P * block bytes) / time, so that one number compares algorithms
+// and world sizes, and the CPU time per operation of all ranks together (user
+// + system; Open MPI's includes its busy polling). With more ranks than cores
+// every row is bound by CPU time. Rank 0 prints a Markdown table.
 // (<mpi.h> comes through mpi_transport.hpp, which leaves out the C++ bindings.)
+
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
@@ -137,28 +142,69 @@ void sleeping_barrier() {
   }
 }
 
-/// Runs `op` in lockstep on every rank: a calibration run picks the iteration
-/// count (rank 0's choice, shared), then the best of the repetitions of the
-/// slowest rank's mean time per operation.
-double time_per_op(const settings& s, const std::function<void()>& op,
-                   const std::function<void()>& sync) {
-  op();  // warm-up: buffers, connections
-  sync();
-  auto start = clock_type::now();
-  op();
-  double once = max_over_ranks(std::chrono::duration<double>(clock_type::now() - start).count());
-  int iterations =
-      static_cast<int>(std::clamp(s.seconds / s.repetitions / std::max(once, 1e-7), 1.0, 100000.0));
-  MPI_Bcast(&iterations, 1, MPI_INT, 0, MPI_COMM_WORLD);
-  double best = 1e300;
-  for (int r = 0; r < s.repetitions; ++r) {
-    sync();
-    start = clock_type::now();
-    for (int i = 0; i < iterations; ++i) op();
-    const double mine = std::chrono::duration<double>(clock_type::now() - start).count();
-    best = std::min(best, max_over_ranks(mine) / iterations);
+/// CPU time (user + system) this process (or, with RUSAGE_THREAD, this thread) has used.
+double cpu_seconds(int who = RUSAGE_SELF) {
+  rusage u{};
+  getrusage(who, &u);
+  auto seconds = [](const timeval& t) { return static_cast<double>(t.tv_sec) + 1e-6 * t.tv_usec; };
+  return seconds(u.ru_utime) + seconds(u.ru_stime);
+}
+
+struct timing {
+  double seconds;      ///< the slowest rank's time per operation, best repetition
+  double cpu_seconds;  ///< CPU time per operation, summed over all ranks, all repetitions
+};
+
+/// One row measured in this MPI job: an operation every rank runs in lockstep.
+struct contender {
+  std::string name;
+  std::function<void()> op;
+  int iterations = 0;
+  double best = 1e300;  ///< the slowest rank's time per operation, best repetition
+  double cpu = 0;       ///< CPU seconds of all ranks over all repetitions
+};
+
+/// Times the contenders of one (operation, size) with their repetitions
+/// interleaved (A B C A B C ...), so that a slow spell of a shared machine
+/// falls on every row alike rather than on one. Each contender first runs
+/// once (warm-up: buffers, connections), then is calibrated: its count
+/// doubles until a run lasts a twentieth of a repetition (one operation alone
+/// is too noisy a guess); every rank takes the slowest rank's time, so all
+/// agree. A repetition's figure is the slowest rank's mean time per operation.
+std::vector<timing> time_interleaved(const settings& s, std::vector<contender>& rows) {
+  const double repetition_seconds = s.seconds / s.repetitions;
+  for (contender& c : rows) {
+    c.op();
+    double per_op = 0;
+    for (int count = 1;; count *= 2) {
+      MPI_Barrier(MPI_COMM_WORLD);
+      const auto start = clock_type::now();
+      for (int i = 0; i < count; ++i) c.op();
+      const double t =
+          max_over_ranks(std::chrono::duration<double>(clock_type::now() - start).count());
+      per_op = t / count;
+      if (t >= repetition_seconds / 20 || count >= 4096) break;
+    }
+    c.iterations =
+        static_cast<int>(std::clamp(repetition_seconds / std::max(per_op, 1e-7), 1.0, 100000.0));
   }
-  return best;
+  for (int r = 0; r < s.repetitions; ++r) {
+    for (contender& c : rows) {
+      MPI_Barrier(MPI_COMM_WORLD);
+      const double cpu_start = cpu_seconds();
+      const auto start = clock_type::now();
+      for (int i = 0; i < c.iterations; ++i) c.op();
+      const double mine = std::chrono::duration<double>(clock_type::now() - start).count();
+      c.cpu += cpu_seconds() - cpu_start;
+      c.best = std::min(c.best, max_over_ranks(mine) / c.iterations);
+    }
+  }
+  std::vector<timing> out;
+  for (contender& c : rows) {
+    MPI_Allreduce(MPI_IN_PLACE, &c.cpu, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    out.push_back({c.best, c.cpu / (static_cast<double>(c.iterations) * s.repetitions)});
+  }
+  return out;
 }
 
 /// The same, for P thread ranks inside this process, all in one world (a world
@@ -166,7 +212,7 @@ double time_per_op(const settings& s, const std::function<void()>& op,
 /// rank 0's calibration shared by broadcast, then the repetitions; each
 /// repetition counts its slowest rank.
 template <class Op>
-double time_per_op_threads(const settings& s, int world, Op&& op) {
+timing time_per_op_threads(const settings& s, int world, Op&& op) {
   const auto times = ecopt::run_threads(world, [&](ecopt::thread_transport& t) {
     ecopt::collective_workspace ws;
     auto state = op.make_state(t);
@@ -179,14 +225,18 @@ double time_per_op_threads(const settings& s, int world, Op&& op) {
         static_cast<int>(std::clamp(s.seconds / s.repetitions / std::max(once, 1e-7), 1.0, 1e5));
     ecopt::broadcast(t, std::span<int>(&iterations, 1), 0, ws);
     std::vector<double> per_repetition;
+    double cpu = 0;
     for (int r = 0; r < s.repetitions; ++r) {
       ecopt::barrier(t, ws);
+      const double cpu_start = cpu_seconds(RUSAGE_THREAD);
       start = clock_type::now();
       for (int i = 0; i < iterations; ++i) op(t, ws, state);
       per_repetition.push_back(std::chrono::duration<double>(clock_type::now() - start).count() /
                                iterations);
+      cpu += cpu_seconds(RUSAGE_THREAD) - cpu_start;
     }
-    return per_repetition;
+    per_repetition.push_back(cpu / (static_cast<double>(iterations) * s.repetitions));
+    return per_repetition;  // the last entry: CPU time per operation
   });
   double best = 1e300;
   for (int r = 0; r < s.repetitions; ++r) {
@@ -196,14 +246,17 @@ double time_per_op_threads(const settings& s, int world, Op&& op) {
     }
     best = std::min(best, slowest);
   }
-  return best;
+  double cpu = 0;
+  for (const auto& rank_times : times) cpu += rank_times.back();
+  return {best, cpu};
 }
 
 struct row {
   std::string transport, op;
   int world;
   std::size_t floats;
-  double seconds;
+  double seconds;      ///< time per operation
+  double cpu_seconds;  ///< CPU time per operation, all ranks together
 };
 
 double bus_bandwidth(const row& r) {
@@ -259,41 +312,39 @@ int main(int argc, char** argv) {
       std::vector<float> data(reduce ? n : block * static_cast<std::size_t>(world), 1.0f);
       std::vector<float> mine(block, 1.0f);
 
+      std::vector<contender> contenders;
       if (s.mpi) {
-        const double t = time_per_op(
-            s,
-            [&] {
-              if (reduce) {
-                MPI_Allreduce(MPI_IN_PLACE, data.data(), static_cast<int>(n), MPI_FLOAT, MPI_SUM,
-                              MPI_COMM_WORLD);
-              } else {
-                MPI_Allgather(mine.data(), static_cast<int>(block), MPI_FLOAT, data.data(),
-                              static_cast<int>(block), MPI_FLOAT, MPI_COMM_WORLD);
-              }
-            },
-            [] { MPI_Barrier(MPI_COMM_WORLD); });
-        rows.push_back({"Open MPI", op, world, n, t});
+        contenders.push_back({"Open MPI", [&] {
+                                if (reduce) {
+                                  MPI_Allreduce(MPI_IN_PLACE, data.data(), static_cast<int>(n),
+                                                MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+                                } else {
+                                  MPI_Allgather(mine.data(), static_cast<int>(block), MPI_FLOAT,
+                                                data.data(), static_cast<int>(block), MPI_FLOAT,
+                                                MPI_COMM_WORLD);
+                                }
+                              }});
       }
+      ecopt::collective_workspace ws;
       for (auto* transport : {tcp.get(), tcp_unchecked.get()}) {
         if (transport == nullptr) continue;
-        ecopt::collective_workspace ws;
-        const double t = time_per_op(
-            s,
-            [&] {
-              if (reduce) {
-                ecopt::allreduce_sum(*transport, std::span<float>(data), ws);
-              } else {
-                ecopt::allgather(*transport, std::span<const float>(mine), std::span<float>(data),
-                                 ws);
-              }
-            },
-            [] { MPI_Barrier(MPI_COMM_WORLD); });
-        rows.push_back(
+        contenders.push_back(
             {transport == tcp.get() ? "ecopt tcp_transport" : "ecopt tcp_transport, no payload CRC",
-             op, world, n, t});
+             [&, transport] {
+               if (reduce) {
+                 ecopt::allreduce_sum(*transport, std::span<float>(data), ws);
+               } else {
+                 ecopt::allgather(*transport, std::span<const float>(mine), std::span<float>(data),
+                                  ws);
+               }
+             }});
+      }
+      const std::vector<timing> times = time_interleaved(s, contenders);
+      for (std::size_t i = 0; i < contenders.size(); ++i) {
+        rows.push_back({contenders[i].name, op, world, n, times[i].seconds, times[i].cpu_seconds});
       }
       if (s.threads && world > 1) {
-        double t = 0;
+        timing t{0, 0};
         if (rank == 0) {
           struct thread_op {
             bool reduce;
@@ -318,14 +369,17 @@ int main(int argc, char** argv) {
           t = time_per_op_threads(s, world, thread_op{reduce, n, block});
         }
         sleeping_barrier();
-        rows.push_back({"ecopt thread_transport", op, world, n, t});
+        MPI_Bcast(&t, 2, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+        rows.push_back({"ecopt thread_transport", op, world, n, t.seconds, t.cpu_seconds});
       }
     }
   }
 
   if (rank == 0) {
-    std::printf("| transport | op | P | floats | time per op | bus bandwidth | vs Open MPI |\n");
-    std::printf("|---|---|--:|--:|--:|--:|--:|\n");
+    std::printf(
+        "| transport | op | P | floats | time per op | bus bandwidth | vs Open MPI | CPU per op "
+        "|\n");
+    std::printf("|---|---|--:|--:|--:|--:|--:|--:|\n");
     for (const row& r : rows) {
       double reference = 0;
       for (const row& m : rows) {
@@ -334,12 +388,13 @@ int main(int argc, char** argv) {
         }
       }
       const double us = r.seconds * 1e6;
-      std::printf("| %s | %s | %d | 2^%d | %.1f us | %.3f GB/s | %s |\n", r.transport.c_str(),
-                  r.op.c_str(), r.world, static_cast<int>(std::log2(static_cast<double>(r.floats))),
-                  us, bus_bandwidth(r) / 1e9,
-                  reference > 0
-                      ? (std::to_string(bus_bandwidth(r) / reference).substr(0, 4) + "x").c_str()
-                      : "");
+      std::printf(
+          "| %s | %s | %d | 2^%d | %.1f us | %.3f GB/s | %s | %.1f us |\n", r.transport.c_str(),
+          r.op.c_str(), r.world, static_cast<int>(std::log2(static_cast<double>(r.floats))), us,
+          bus_bandwidth(r) / 1e9,
+          reference > 0 ? (std::to_string(bus_bandwidth(r) / reference).substr(0, 4) + "x").c_str()
+                        : "",
+          r.cpu_seconds * 1e6);
     }
   }
   tcp.reset();
