@@ -53,6 +53,19 @@ concept RecvAnyTransport = Transport<T> &&
   { t.recv_any(tag, into) } -> std::convertible_to<int>;
 };
 
+/// A Transport that can receive a message of known size straight into the
+/// caller's memory (tcp_transport reads the socket into it):
+///   std::size_t recv_into(int from, message_tag, std::span<std::byte> into)
+///        -- fills `into` with the next message from `from` if it has exactly
+///           into.size() bytes; else leaves it queued; returns its size
+/// Collectives use it to land received chunks in place; with recv alone they
+/// copy from the received buffer.
+template <class T>
+concept InPlaceRecvTransport = Transport<T> &&
+    requires(T& t, int peer, message_tag tag, std::span<std::byte> into) {
+  { t.recv_into(peer, tag, into) } -> std::convertible_to<std::size_t>;
+};
+
 /// A Transport that keeps a modelled clock (simulated_transport):
 ///   double modelled_seconds() const -- this rank's modelled time so far
 /// The solver copies it into run_report and eval_point beside the bits.

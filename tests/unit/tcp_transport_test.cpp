@@ -11,6 +11,7 @@
 
 #if ECOPT_TEST_HAVE_TCP
 
+#include <algorithm>
 #include <atomic>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
@@ -257,6 +258,37 @@ TEST_SUITE("tcp_transport") {
     ::unsetenv("ECOPT_WORLD_SIZE");
     CHECK(contains(message(), "ECOPT_RANK is set but ECOPT_WORLD_SIZE is not"));
     for (const char* n : names) ::unsetenv(n);
+  }
+
+  TEST_CASE("take_pooled prefers a buffer that needs no zero-fill, then the tightest capacity") {
+    using pool_type = std::vector<std::vector<std::byte>>;
+    auto buffer = [](std::size_t size, std::size_t capacity) {
+      std::vector<std::byte> b;
+      b.reserve(capacity);
+      b.resize(size);
+      return b;
+    };
+    pool_type pool;
+    pool.push_back(buffer(100, 2000));   // fits by capacity, but 1400 bytes would be zeroed
+    pool.push_back(buffer(3000, 3000));  // already long enough
+    pool.push_back(buffer(8000, 8000));  // long enough, looser
+    auto taken = ecopt::detail::take_pooled(pool, 1500);
+    CHECK(taken.size() == 3000);
+    REQUIRE(pool.size() == 2);
+    // A long-enough buffer with a loose capacity still beats the short one.
+    taken = ecopt::detail::take_pooled(pool, 1500);
+    CHECK(taken.size() == 8000);
+    // Only the short one is left: it fits by capacity and is taken.
+    taken = ecopt::detail::take_pooled(pool, 1500);
+    CHECK(taken.capacity() >= 2000);
+    CHECK(taken.size() == 100);
+    CHECK(pool.empty());
+    CHECK(ecopt::detail::take_pooled(pool, 10).capacity() == 0);
+    // Nothing large enough: the largest is taken, to grow.
+    pool.push_back(buffer(10, 10));
+    pool.push_back(buffer(50, 50));
+    pool.push_back(buffer(20, 20));
+    CHECK(ecopt::detail::take_pooled(pool, 100).size() == 50);
   }
 
   TEST_CASE("crc32c: standard check value; hardware and portable paths agree") {
@@ -671,6 +703,93 @@ TEST_SUITE("tcp_transport") {
                            {.hosts = hosts});
     REQUIRE_MESSAGE(w.all_ok(), w.error_text());
     for (const auto& v : w.values) CHECK(*v == std::vector<std::int64_t>{6, 30});
+  }
+
+  TEST_CASE(
+      "recv_into lands a message in place, leaves one of another size queued, and keeps a "
+      "half-read body whole across a timeout") {
+    std::promise<std::uint16_t> port;
+    auto port_known = port.get_future();
+    std::atomic<int> stage{0};  // rank 0's progress, for the peer to follow
+    auto wait_for = [&](int s) {
+      while (stage.load() < s) std::this_thread::sleep_for(1ms);
+    };
+    const auto first = pattern(1000, 1);
+    const auto second = pattern(500, 2);
+    const auto third = pattern(100000, 3);
+    struct seen {
+      std::size_t first_size = 0, second_size = 0, second_recv = 0;
+      bool first_equal = false, second_untouched = false, second_equal = false;
+      std::string timeout_error;
+      bool target_kept = false, third_equal = false;
+      std::string error;
+    } r;
+    std::thread rank0([&] {
+      try {
+        tcp_transport t({.rank = 0,
+                         .world_size = 2,
+                         .timeout = 400ms,
+                         .connect_timeout = 10s,
+                         .on_listening = [&](std::uint16_t p) { port.set_value(p); }});
+        std::vector<std::byte> target(1000, std::byte{0xAA});
+        stage = 1;
+        r.first_size = t.recv_into(1, 7, target);
+        r.first_equal = target == first;
+        std::fill(target.begin(), target.end(), std::byte{0xAA});
+        r.second_size = t.recv_into(1, 7, target);  // 500 bytes: left queued
+        r.second_untouched = std::all_of(target.begin(), target.end(),
+                                         [](std::byte b) { return b == std::byte{0xAA}; });
+        std::vector<std::byte> into;
+        t.recv(1, 7, into);
+        r.second_recv = into.size();
+        r.second_equal = into == second;
+        std::vector<std::byte> big(100000, std::byte{0xAA});
+        stage = 2;
+        try {
+          (void)t.recv_into(1, 7, big);  // the peer sends 40000 bytes, then stalls
+        } catch (const ecopt::transport_error& e) {
+          r.timeout_error = e.what();
+        }
+        const auto after_timeout = big;
+        stage = 3;  // the peer sends the rest now
+        t.recv(1, 7, into);
+        r.third_equal = into == third;
+        r.target_kept = big == after_timeout;  // nothing wrote it after recv_into returned
+        stage = 4;
+      } catch (const std::exception& e) {
+        r.error = e.what();
+        stage = 4;
+      }
+    });
+    raw_peer peer;
+    peer.join_as_rank_1(port_known.get());
+    auto header = [](std::span<const std::byte> payload) {
+      return wire::make_header(wire::frame_kind::data, 1, 7, payload);
+    };
+    wait_for(1);
+    std::this_thread::sleep_for(20ms);  // rank 0 is (most likely) waiting: read in place
+    peer.write_frame(header(first), first);
+    peer.write_frame(header(second), second);
+    wait_for(2);
+    std::this_thread::sleep_for(20ms);
+    peer.write(header(third));
+    peer.write(std::span(third).first(40000));
+    wait_for(3);
+    peer.write(std::span(third).subspan(40000));
+    wait_for(4);
+    peer.write_frame(wire::make_header(wire::frame_kind::goodbye, 1, 0, {}));
+    rank0.join();
+    REQUIRE_MESSAGE(r.error.empty(), r.error);
+    CHECK(r.first_size == 1000);
+    CHECK(r.first_equal);
+    CHECK(r.second_size == 500);
+    CHECK(r.second_untouched);
+    CHECK(r.second_recv == 500);
+    CHECK(r.second_equal);
+    CHECK(contains(r.timeout_error,
+                   "rank 0: timed out after 400 ms waiting for a message from rank 1 (tag 7)"));
+    CHECK(r.third_equal);
+    CHECK(r.target_kept);
   }
 
   TEST_CASE("collectives do not allocate on the caller's thread once buffers have circulated") {

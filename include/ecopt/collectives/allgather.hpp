@@ -161,11 +161,9 @@ void allgather(Tr& t, std::span<const V> mine, std::span<V> all, collective_work
       const std::size_t group = static_cast<std::size_t>(d) * block;
       t.send(partner, tag,
              std::as_bytes(all.subspan(static_cast<std::size_t>(rank & ~(d - 1)) * block, group)));
-      t.recv(partner, tag, ws.recv);
-      const std::span<V> into =
-          all.subspan(static_cast<std::size_t>(partner & ~(d - 1)) * block, group);
-      detail::check_message_size("allgather", rank, partner, into.size_bytes(), ws.recv.size());
-      detail::copy_from_bytes(std::span<const std::byte>(ws.recv), into);
+      detail::recv_in_place(
+          t, partner, tag, all.subspan(static_cast<std::size_t>(partner & ~(d - 1)) * block, group),
+          ws, "allgather");
     }
     return;
   }
@@ -173,10 +171,8 @@ void allgather(Tr& t, std::span<const V> mine, std::span<V> all, collective_work
   const int left = detail::ring_index(rank - 1, n);
   for (int s = 0; s < n - 1; ++s) {
     t.send(right, tag, std::as_bytes(block_of(detail::ring_index(rank - s, n))));
-    t.recv(left, tag, ws.recv);
-    const std::span<V> into = block_of(detail::ring_index(rank - s - 1, n));
-    detail::check_message_size("allgather", rank, left, into.size_bytes(), ws.recv.size());
-    detail::copy_from_bytes(std::span<const std::byte>(ws.recv), into);
+    detail::recv_in_place(t, left, tag, block_of(detail::ring_index(rank - s - 1, n)), ws,
+                          "allgather");
   }
 }
 

@@ -74,10 +74,7 @@ void ring_allreduce(Tr& t, std::span<V> data, collective_workspace& ws, message_
   // overwrite chunk r-s with its owner's bytes.
   for (int s = 0; s < n - 1; ++s) {
     t.send(right, tag, std::as_bytes(chunk(ring_index(rank + 1 - s, n))));
-    t.recv(left, tag, ws.recv);
-    const std::span<V> mine = chunk(ring_index(rank - s, n));
-    check_message_size(name, rank, left, mine.size_bytes(), ws.recv.size());
-    copy_from_bytes(std::span<const std::byte>(ws.recv), mine);
+    recv_in_place(t, left, tag, chunk(ring_index(rank - s, n)), ws, name);
   }
 }
 
@@ -107,10 +104,7 @@ void halving_doubling_allreduce(Tr& t, std::span<V> data, collective_workspace& 
   for (int d = 1; d < n; d *= 2) {
     const int partner = rank ^ d;
     t.send(partner, tag, std::as_bytes(group(rank, d)));
-    const std::span<V> theirs = group(partner, d);
-    t.recv(partner, tag, ws.recv);
-    check_message_size(name, rank, partner, theirs.size_bytes(), ws.recv.size());
-    copy_from_bytes(std::span<const std::byte>(ws.recv), theirs);
+    recv_in_place(t, partner, tag, group(partner, d), ws, name);
   }
 }
 

@@ -39,9 +39,7 @@ void broadcast(Tr& t, std::span<V> data, int root, collective_workspace& ws) {
   while (mask < n) {
     if (relative & mask) {
       const int parent = detail::ring_index(relative - mask + root, n);
-      t.recv(parent, tag, ws.recv);
-      detail::check_message_size("broadcast", rank, parent, data.size_bytes(), ws.recv.size());
-      detail::copy_from_bytes(std::span<const std::byte>(ws.recv), data);
+      detail::recv_in_place(t, parent, tag, data, ws, "broadcast");
       break;
     }
     mask <<= 1;

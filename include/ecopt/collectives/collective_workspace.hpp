@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "ecopt/error.hpp"
+#include "ecopt/transport.hpp"
 
 namespace ecopt {
 
@@ -118,6 +119,24 @@ inline void check_message_size(const char* collective, int rank, int peer, std::
 template <class V>
 void copy_from_bytes(std::span<const std::byte> from, std::span<V> to) noexcept {
   if (!to.empty()) std::memcpy(to.data(), from.data(), to.size_bytes());
+}
+
+/// Receives the next message from `peer`, which must be exactly `into`'s
+/// bytes, into `into`: in place where the transport can (recv_into), else
+/// through ws.recv and a copy. A message of another size means the ranks
+/// disagree on the sizes (transport_error naming the collective).
+template <Transport Tr, class V>
+void recv_in_place(Tr& t, int peer, message_tag tag, std::span<V> into, collective_workspace& ws,
+                   const char* collective) {
+  const int rank = static_cast<int>(t.rank());
+  if constexpr (InPlaceRecvTransport<Tr>) {
+    const std::size_t got = t.recv_into(peer, tag, std::as_writable_bytes(into));
+    check_message_size(collective, rank, peer, into.size_bytes(), got);
+  } else {
+    t.recv(peer, tag, ws.recv);
+    check_message_size(collective, rank, peer, into.size_bytes(), ws.recv.size());
+    copy_from_bytes(std::span<const std::byte>(ws.recv), into);
+  }
 }
 
 }  // namespace detail

@@ -23,12 +23,18 @@
 //    at once -- and every frame while others wait -- is copied into a pooled
 //    buffer and queued. The io thread writes each link's queue with
 //    scatter/gather writes (header + payload, up to 8 frames per system call).
-//  * The io thread reads every link all the time, into pooled buffers, and
-//    queues each checked message in the link's inbox; recv() takes it with a
-//    buffer swap, handing its old buffer back to the pool. So a peer's
-//    sends never block on this rank's progress (unbounded buffering, like
-//    thread_transport), ring collectives keep both directions of a link busy,
-//    and after warm-up neither side allocates.
+//  * The io thread reads every link whenever it is readable, into pooled
+//    buffers, and queues each checked message in the link's inbox; recv()
+//    takes it with a buffer swap, handing its old buffer back to the pool.
+//    So a peer's sends never block on this rank's progress (unbounded
+//    buffering, like thread_transport), ring collectives keep both
+//    directions of a link busy, and after warm-up neither side allocates.
+//  * A recv that finds nothing queued reads the awaited link itself (the
+//    link's reader passes between the io thread and the caller; whoever
+//    holds it runs the same frame state machine), so a message that arrives
+//    while the caller waits costs no hand-off between threads; recv_into
+//    then reads the payload straight into the caller's memory, which the
+//    collectives use to land chunks in place.
 //
 // Failures: every recv has a deadline (timeout). A closed socket is noticed
 // at once; a peer that failed (its transport was destroyed by an exception:
@@ -42,6 +48,7 @@
 // POSIX only (the io thread is woken through a pipe, which keeps send free of
 // allocations). Use one tcp_transport from one thread at a time.
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -270,16 +277,26 @@ class ring_fifo {
   std::size_t count_ = 0;
 };
 
-/// Takes the pooled buffer that fits `size` best (the smallest large enough,
-/// else the largest, which then grows); an empty vector if the pool is empty.
+/// Takes the pooled buffer that fits `size` best: the smallest large enough,
+/// preferring one whose size() already covers it (resizing it down and up
+/// again would zero-fill the difference: a pass over memory per message when
+/// sizes alternate, as in recursive halving); else the largest, which then
+/// grows. An empty vector if the pool is empty.
 inline std::vector<std::byte> take_pooled(std::vector<std::vector<std::byte>>& pool,
                                           std::size_t size) {
   if (pool.empty()) return {};
   std::size_t best = pool.size();
   std::size_t largest = 0;
+  // Order of preference: (size() covers it, then capacity) smallest first.
+  auto better = [size](const std::vector<std::byte>& a, const std::vector<std::byte>& b) {
+    const bool a_filled = a.size() >= size;
+    const bool b_filled = b.size() >= size;
+    if (a_filled != b_filled) return a_filled;
+    return a.capacity() < b.capacity();
+  };
   for (std::size_t i = 0; i < pool.size(); ++i) {
     const std::size_t cap = pool[i].capacity();
-    if (cap >= size && (best == pool.size() || cap < pool[best].capacity())) best = i;
+    if (cap >= size && (best == pool.size() || better(pool[i], pool[best]))) best = i;
     if (cap > pool[largest].capacity()) largest = i;
   }
   const std::size_t pick = best < pool.size() ? best : largest;
@@ -377,9 +394,19 @@ class tcp_transport {
     ::fcntl(fds[1], F_SETFD, FD_CLOEXEC);
     ::fcntl(fds[0], F_SETFD, FD_CLOEXEC);
     wake_reader_.emplace(io_, fds[0]);
+    if (::pipe(fds) != 0) {
+      throw transport_error("rank " + std::to_string(rank_) +
+                            ": cannot create the caller's wake-up pipe: " + std::strerror(errno));
+    }
+    notify_read_fd_ = fds[0];
+    notify_write_fd_ = fds[1];
+    for (const int fd : fds) {
+      ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
+      ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+    }
 
     for (int j = 0; j < world_; ++j) {
-      if (j != rank_) read_header(j);
+      if (j != rank_) serve_reads(j);
     }
     wait_for_wake();
     work_.emplace(io_.get_executor());
@@ -391,7 +418,9 @@ class tcp_transport {
 
   ~tcp_transport() {
     if (io_thread_.joinable()) close(std::uncaught_exceptions() > uncaught_at_start_);
-    if (wake_write_fd_ >= 0) ::close(wake_write_fd_);
+    for (const int fd : {wake_write_fd_, notify_read_fd_, notify_write_fd_}) {
+      if (fd >= 0) ::close(fd);
+    }
   }
 
   [[nodiscard]] int rank() const noexcept { return rank_; }
@@ -431,7 +460,18 @@ class tcp_transport {
   /// without sending, when any peer failed, or when timeout() passes.
   void recv(int from, message_tag tag, std::vector<std::byte>& into) {
     check_peer(from, "recv from");
-    receive(from, tag, into);
+    (void)receive(from, tag, &into);
+  }
+
+  /// Receives the next message from `from` (which must carry `tag`) into
+  /// `into` when it has exactly into.size() bytes -- read from the socket
+  /// straight into place when it arrives while this call waits -- and
+  /// returns its size. A message of another size is left queued (nothing is
+  /// written) and its size returned, for the caller to report. Throws like
+  /// recv.
+  std::size_t recv_into(int from, message_tag tag, std::span<std::byte> into) {
+    check_peer(from, "recv from");
+    return receive(from, tag, nullptr, &into).second;
   }
 
   /// Replaces `into` with the earliest-arrived message carrying `tag` from
@@ -442,7 +482,7 @@ class tcp_transport {
     if (world_ == 1) {
       throw invalid_argument("rank 0: recv_any in a world of one rank has no peer to receive from");
     }
-    return receive(-1, tag, into);
+    return receive(-1, tag, &into).first;
   }
 
  private:
@@ -457,6 +497,14 @@ class tcp_transport {
   static constexpr std::size_t spare_reserve_cap = std::size_t{4} << 20;
 
   enum class link_state : std::uint8_t { open, closed, failed };
+
+  // Who reads a link's socket. The io thread reads every link it can; a
+  // caller waiting for a message from one peer reads that link itself (no
+  // hand-off through the io thread, and recv_into lands the payload in its
+  // final place). `parked`: a caller owns it and the io thread, having found
+  // it taken, stopped watching; the caller then hands it back.
+  enum class reader_state : std::uint8_t { free, owned, owned_io_parked };
+  enum class pump_result : std::uint8_t { would_block, delivered, stopped };
 
   struct outgoing {
     detail::tcp_wire::header_bytes header{};
@@ -484,12 +532,29 @@ class tcp_transport {
     std::array<boost::asio::const_buffer, 2 * max_batch> write_buffers{};
     bool writing = false;
     bool write_dead = false;  // a write failed: the queue is dropped
-    // Receive side, io thread only.
+    // Receive side: whoever owns the reader (see reader_state) -- the io
+    // thread, or a caller waiting for a message from this peer.
+    std::atomic<reader_state> reader{reader_state::free};
     detail::tcp_wire::header_bytes header_in{};
+    std::size_t header_done = 0;  // bytes of header_in read so far
     detail::tcp_wire::frame_header frame{};
     std::vector<std::byte> body;
     std::size_t body_done = 0;   // bytes of the body read so far
     std::uint32_t body_crc = 0;  // CRC-32C register over them
+    bool read_stopped = false;   // after a goodbye or a failure: nothing more is read
+    // A caller's recv_into: the next data frame with target_tag and exactly
+    // target.size() bytes is read straight into target (set only while that
+    // caller owns the reader).
+    std::span<std::byte> target{};
+    message_tag target_tag = 0;
+    bool body_in_target = false;
+    bool target_filled = false;
+    // io thread only: an async_wait for readability is pending.
+    bool watching = false;
+    // Requests to the io thread (handled when woken): read the link again (a
+    // caller handed it back), close the socket (a reader found it broken).
+    std::atomic<bool> serve_requested{false};
+    std::atomic<bool> close_requested{false};
     // Inbox, guarded by inbox_mutex_.
     detail::ring_fifo<message> messages;
     link_state state = link_state::open;
@@ -670,10 +735,17 @@ class tcp_transport {
     }
   }
 
-  int receive(int from, message_tag tag, std::vector<std::byte>& into) {
+  /// recv, recv_any (from = -1) and recv_into. The message goes to `into`
+  /// (a buffer swap), or with `target` given, is copied there when it has
+  /// target->size() bytes -- read straight from the socket into it when the
+  /// caller is the one reading -- and left queued otherwise. Returns the
+  /// sender and the message's size.
+  std::pair<int, std::size_t> receive(int from, message_tag tag, std::vector<std::byte>* into,
+                                      std::span<std::byte>* target = nullptr) {
     enum class outcome { received, wrong_tag, world_failed, peer_closed, timed_out };
     outcome result = outcome::received;
     int source = from;
+    std::size_t size = 0;
     message_tag actual_tag = tag;
     std::string failure;
     {
@@ -690,10 +762,19 @@ class tcp_transport {
         }
         if (m != nullptr) {
           actual_tag = m->tag;
+          size = m->data.size();
           if (actual_tag != tag) {
             result = outcome::wrong_tag;
+          } else if (target != nullptr) {
+            if (size == target->size()) {
+              if (size > 0) std::memcpy(target->data(), m->data.data(), size);
+              if (m->data.capacity() > 0 && recv_spare_.size() < recv_spare_.capacity()) {
+                recv_spare_.push_back(std::move(m->data));
+              }
+              links_[static_cast<std::size_t>(source)]->messages.pop();
+            }
           } else {
-            into.swap(m->data);
+            into->swap(m->data);
             links_[static_cast<std::size_t>(source)]->messages.pop();
             // Recycle the caller's old buffer. The pool has room for every
             // buffer the io thread made; a buffer the caller brought in
@@ -724,10 +805,25 @@ class tcp_transport {
           result = outcome::timed_out;
           break;
         }
-        timed_out = inbox_cv_.wait_until(lock, deadline) == std::cv_status::timeout;
+        if (from < 0) {
+          // recv_any: the io thread reads every link.
+          timed_out = inbox_cv_.wait_until(lock, deadline) == std::cv_status::timeout;
+          continue;
+        }
+        // Read the awaited link here rather than wait for the io thread to
+        // read it and wake this thread.
+        lock.unlock();
+        const bool filled =
+            read_link(from, deadline, target != nullptr ? *target : std::span<std::byte>{}, tag);
+        lock.lock();
+        if (filled) {
+          size = target->size();
+          break;
+        }
+        timed_out = std::chrono::steady_clock::now() >= deadline;
       }
     }
-    if (result == outcome::received) return source;
+    if (result == outcome::received) return {source, size};
     const std::string me = "rank " + std::to_string(rank_) + ": ";
     const std::string peer = from >= 0 ? "rank " + std::to_string(from) : "any rank";
     const std::string wanted = "a message from " + peer + " (tag " + detail::tag_text(tag) + ")";
@@ -848,7 +944,12 @@ class tcp_transport {
                                     // after the look writes to the pipe again.
                                     wake_pending_.store(false, std::memory_order_release);
                                     for (int j = 0; j < world_; ++j) {
-                                      if (j != rank_) start_write(j);
+                                      if (j == rank_) continue;
+                                      start_write(j);
+                                      link& l = *links_[static_cast<std::size_t>(j)];
+                                      const bool serve = l.serve_requested.exchange(false);
+                                      if (serve || (l.close_requested.load() && l.socket.is_open()))
+                                        serve_reads(j);
                                     }
                                     wait_for_wake();
                                   });
@@ -909,62 +1010,248 @@ class tcp_transport {
     start_write(j);
   }
 
-  void read_header(int j) {
-    link& l = *links_[static_cast<std::size_t>(j)];
-    boost::asio::async_read(l.socket, boost::asio::buffer(l.header_in),
-                            [this, j](const error_code& ec, std::size_t) { on_header(j, ec); });
+  // --- reading ----------------------------------------------------------------
+  //
+  // One state machine per link (pump) reads frames with non-blocking recv
+  // calls, run by whoever owns the link's reader: the io thread whenever the
+  // socket is readable, or a caller waiting for that peer (read_link). The
+  // io thread's waits are edge-triggered (Asio's epoll reactor), so it always
+  // reads until the socket is empty before it waits: bytes that came while a
+  // caller owned the link are then never left unannounced.
+
+  /// Takes the reader for the io thread; false (and parked) if a caller has it.
+  static bool acquire_reader_io(link& l) noexcept {
+    for (;;) {
+      reader_state expected = reader_state::free;
+      if (l.reader.compare_exchange_strong(expected, reader_state::owned,
+                                           std::memory_order_acquire)) {
+        return true;
+      }
+      if (expected == reader_state::owned_io_parked) return false;
+      // A caller owns it: park (it hands the link back when done), unless it
+      // was handed back just now -- then try again.
+      if (l.reader.compare_exchange_strong(expected, reader_state::owned_io_parked,
+                                           std::memory_order_acq_rel)) {
+        return false;
+      }
+    }
   }
 
-  void on_header(int j, const error_code& ec) {
-    if (ec) {
-      on_link_error(j, ec, "reading from");
+  /// Takes the reader for the caller; the io thread holds it only while it
+  /// reads what has arrived.
+  static void acquire_reader_caller(link& l) noexcept {
+    for (;;) {
+      reader_state expected = reader_state::free;
+      if (l.reader.compare_exchange_strong(expected, reader_state::owned,
+                                           std::memory_order_acquire)) {
+        return;
+      }
+      std::this_thread::yield();
+    }
+  }
+
+  /// The caller hands the reader back; if the io thread parked meanwhile, it
+  /// is asked to read (and watch) the link again.
+  void release_reader_caller(int j) noexcept {
+    link& l = *links_[static_cast<std::size_t>(j)];
+    if (l.reader.exchange(reader_state::free, std::memory_order_acq_rel) ==
+        reader_state::owned_io_parked) {
+      l.serve_requested.store(true, std::memory_order_release);
+      wake();
+    }
+  }
+
+  /// The caller reads link `from` itself until a message is delivered (to
+  /// its inbox, or into `target`: then it returns true), the link or the
+  /// world changes state, or the deadline passes; the caller's loop in
+  /// receive() then looks.
+  bool read_link(int from, std::chrono::steady_clock::time_point deadline,
+                 std::span<std::byte> target, message_tag target_tag) {
+    link& l = *links_[static_cast<std::size_t>(from)];
+    acquire_reader_caller(l);
+    bool filled = false;
+    bool look_first = false;
+    {
+      // The io thread may have delivered (or failed the link) just before.
+      std::lock_guard lock(inbox_mutex_);
+      look_first = !l.messages.empty() || l.state != link_state::open;
+    }
+    if (!look_first && !l.read_stopped) {
+      l.target = target;
+      l.target_tag = target_tag;
+      l.target_filled = false;
+      for (;;) {
+        // Reset before reading and looking, so a failure after the look
+        // writes to the pipe again.
+        if (notify_pending_.exchange(false, std::memory_order_acq_rel)) drain_notify();
+        if (pump(from, true) != pump_result::would_block) break;
+        if (failed_.load(std::memory_order_acquire)) break;
+        const auto left = std::chrono::ceil<std::chrono::milliseconds>(
+            deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0) break;
+        pollfd watched[2] = {{l.descriptor, POLLIN, 0}, {notify_read_fd_, POLLIN, 0}};
+        const int wait_ms = static_cast<int>(std::min<long long>(left.count(), 1 << 30));
+        if (::poll(watched, 2, wait_ms) == 0) break;  // (EINTR: read and look again)
+      }
+      filled = l.target_filled;
+      l.target_filled = false;
+      detach_target(l);
+    }
+    release_reader_caller(from);
+    return filled;
+  }
+
+  /// Before the caller hands the reader back: a body being read into its
+  /// target moves to a pooled buffer (the rest arrives there), so nobody
+  /// writes the caller's memory once it has returned.
+  void detach_target(link& l) {
+    if (l.body_in_target) {
+      std::vector<std::byte> body;
+      {
+        std::lock_guard lock(inbox_mutex_);
+        body = detail::take_pooled(recv_spare_, l.target.size());
+      }
+      body.resize(l.target.size());
+      std::memcpy(body.data(), l.target.data(), l.body_done);
+      l.body = std::move(body);
+      l.body_in_target = false;
+    }
+    l.target = {};
+  }
+
+  void drain_notify() noexcept {
+    char bytes[64];
+    while (::read(notify_read_fd_, bytes, sizeof bytes) > 0) {
+    }
+  }
+
+  /// io thread: reads what link j has, then waits for more; closes the
+  /// socket when a reader asked for it.
+  void serve_reads(int j) {
+    link& l = *links_[static_cast<std::size_t>(j)];
+    if (!l.socket.is_open() || !acquire_reader_io(l)) return;
+    if (l.close_requested.load(std::memory_order_acquire)) {
+      close_socket(j);  // under the reader, so no caller reads the descriptor meanwhile
+      l.read_stopped = true;
+      l.reader.store(reader_state::free, std::memory_order_release);
       return;
     }
+    const pump_result r = pump(j, false);
+    l.reader.store(reader_state::free, std::memory_order_release);
+    if (r == pump_result::stopped || l.watching) return;
+    l.watching = true;
+    l.socket.async_wait(tcp::socket::wait_read, [this, j](const error_code& ec) {
+      links_[static_cast<std::size_t>(j)]->watching = false;
+      if (ec == boost::asio::error::operation_aborted) return;  // the socket closed
+      serve_reads(j);                                           // an error shows in the read
+    });
+  }
+
+  /// Reads frames from link j until its socket is empty (the io thread) or a
+  /// message was delivered (a caller: it returns to take it). Owner only.
+  pump_result pump(int j, bool for_caller) {
+    namespace wire = detail::tcp_wire;
+    link& l = *links_[static_cast<std::size_t>(j)];
+    bool delivered = false;
+    while (!l.read_stopped) {
+      std::byte* into = nullptr;
+      std::size_t want = 0;
+      const bool in_header = l.header_done < l.header_in.size();
+      if (in_header) {
+        into = l.header_in.data() + l.header_done;
+        want = l.header_in.size() - l.header_done;
+      } else {
+        into = (l.body_in_target ? l.target.data() : l.body.data()) + l.body_done;
+        want = std::min(static_cast<std::size_t>(l.frame.length) - l.body_done, body_piece);
+      }
+      const ssize_t n = ::recv(l.descriptor, into, want, MSG_DONTWAIT);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+          return delivered ? pump_result::delivered : pump_result::would_block;
+        }
+        read_failed(j, "connection to rank " + std::to_string(j) +
+                           " lost while reading from it: " + std::strerror(errno));
+        break;
+      }
+      if (n == 0) {
+        read_failed(j, "rank " + std::to_string(j) +
+                           " closed the connection without a goodbye (it exited, crashed or was "
+                           "killed)");
+        break;
+      }
+      const auto got = static_cast<std::size_t>(n);
+      if (in_header) {
+        l.header_done += got;
+        if (l.header_done < l.header_in.size() || !begin_frame(j)) continue;
+      } else {
+        if (wire::payload_checked(l.frame)) {
+          l.body_crc = detail::crc32c_update(l.body_crc, std::span<const std::byte>(into, got));
+        }
+        l.body_done += got;
+      }
+      if (l.body_done == l.frame.length && finish_frame(j)) {
+        delivered = true;
+        if (for_caller) return pump_result::delivered;
+      }
+    }
+    return pump_result::stopped;
+  }
+
+  /// A complete header: checks it and prepares the body's destination.
+  /// False when the link stops here (goodbye, protocol error).
+  bool begin_frame(int j) {
     link& l = *links_[static_cast<std::size_t>(j)];
     try {
       l.frame = detail::tcp_wire::parse_header(l.header_in, max_message_);
     } catch (const transport_error& e) {
-      on_protocol_error(j, e.what());
-      return;
+      protocol_failed(j, e.what());
+      return false;
     }
     const detail::tcp_wire::frame_header& h = l.frame;
     if (h.sender != static_cast<std::uint32_t>(j)) {
-      on_protocol_error(j,
-                        "a frame on its connection names sender rank " + std::to_string(h.sender));
-      return;
+      protocol_failed(j, "a frame on its connection names sender rank " + std::to_string(h.sender));
+      return false;
     }
     switch (h.kind) {
       case frame_kind::data:
         break;
       case frame_kind::goodbye:
         if (h.length != 0) {
-          on_protocol_error(
-              j, "goodbye frame with a payload of " + std::to_string(h.length) + " bytes");
-          return;
+          protocol_failed(j,
+                          "goodbye frame with a payload of " + std::to_string(h.length) + " bytes");
+          return false;
         }
+        l.read_stopped = true;  // nothing follows a goodbye
         mark_closed(j);
-        return;  // nothing follows a goodbye: stop reading this link
+        return false;
       case frame_kind::abort:
         if (h.length > detail::tcp_wire::max_reason_length) {
-          on_protocol_error(j, "abort frame length " + std::to_string(h.length) +
-                                   " bytes exceeds the maximum of " +
-                                   std::to_string(detail::tcp_wire::max_reason_length));
-          return;
+          protocol_failed(j, "abort frame length " + std::to_string(h.length) +
+                                 " bytes exceeds the maximum of " +
+                                 std::to_string(detail::tcp_wire::max_reason_length));
+          return false;
         }
         break;
       default:
-        on_protocol_error(j, std::string("unexpected ") + detail::tcp_wire::kind_name(h.kind) +
-                                 " frame after the handshake");
-        return;
+        protocol_failed(j, std::string("unexpected ") + detail::tcp_wire::kind_name(h.kind) +
+                               " frame after the handshake");
+        return false;
     }
     const auto length = static_cast<std::size_t>(h.length);
+    l.body_done = 0;
+    l.body_crc = 0xFFFFFFFFu;
+    l.body_in_target = h.kind == frame_kind::data && !l.target_filled &&
+                       l.target.data() != nullptr && h.tag == l.target_tag &&
+                       length == l.target.size();
+    if (l.body_in_target) return true;
     if (length > 0) {
       std::lock_guard lock(inbox_mutex_);
       if (!recv_spare_.empty()) {
         l.body = detail::take_pooled(recv_spare_, length);
       } else if (recv_spare_.capacity() < ++recv_buffers_ + min_buffers) {
         // A new buffer (made below): keep room in the pool for all of them,
-        // so that recv's push never reallocates on the caller's thread.
+        // so that recv's push never reallocates.
         recv_spare_.reserve(2 * recv_buffers_ + min_buffers);
       }
     }
@@ -972,76 +1259,60 @@ class tcp_transport {
     // against max_message_bytes above, before this point. (resize zero-fills
     // only bytes beyond the buffer's previous size: none when sizes repeat.)
     l.body.resize(length);
-    l.body_done = 0;
-    l.body_crc = 0xFFFFFFFFu;
-    read_body(j);
+    return true;
   }
 
-  /// Reads the body in pieces of at most body_piece bytes and folds each into
-  /// the checksum as it arrives, while it is still in cache: the check then
-  /// costs one cache-hot pass that overlaps the transfer, instead of a pass
-  /// over the whole message after its last byte (on the critical path).
-  void read_body(int j) {
+  /// A complete body: checks it and delivers it (into the caller's target or
+  /// the inbox). True when a message was delivered.
+  bool finish_frame(int j) {
     link& l = *links_[static_cast<std::size_t>(j)];
-    if (l.body_done == l.body.size()) {
-      on_body(j);
-      return;
-    }
-    const std::size_t piece = std::min(l.body.size() - l.body_done, body_piece);
-    l.socket.async_read_some(boost::asio::buffer(l.body.data() + l.body_done, piece),
-                             [this, j](const error_code& ec, std::size_t n) {
-                               if (ec) {
-                                 on_link_error(j, ec, "reading from");
-                                 return;
-                               }
-                               link& k = *links_[static_cast<std::size_t>(j)];
-                               if (detail::tcp_wire::payload_checked(k.frame)) {
-                                 k.body_crc = detail::crc32c_update(
-                                     k.body_crc, std::span(k.body).subspan(k.body_done, n));
-                               }
-                               k.body_done += n;
-                               read_body(j);
-                             });
-  }
-
-  void on_body(int j) {
-    link& l = *links_[static_cast<std::size_t>(j)];
+    l.header_done = 0;
+    const std::size_t length = l.body_done;
     try {
-      detail::tcp_wire::check_payload_crc(l.frame, l.body.size(), ~l.body_crc);
+      detail::tcp_wire::check_payload_crc(l.frame, length, ~l.body_crc);
     } catch (const transport_error& e) {
-      on_protocol_error(j, e.what());
-      return;
+      protocol_failed(j, e.what());
+      return false;
     }
     if (l.frame.kind == frame_kind::abort) {
-      std::string reason(reinterpret_cast<const char*>(l.body.data()), l.body.size());
-      fail_link(j, "peer rank " + std::to_string(j) + " failed: " + reason);
-      close_socket(j);
-      return;
+      std::string reason(reinterpret_cast<const char*>(l.body.data()), length);
+      read_failed(j, "peer rank " + std::to_string(j) + " failed: " + reason);
+      return false;
+    }
+    if (l.body_in_target) {
+      l.body_in_target = false;
+      l.target_filled = true;
+      return true;
     }
     {
       std::lock_guard lock(inbox_mutex_);
       l.messages.push(message{l.frame.tag, arrivals_++, std::move(l.body)});
     }
     inbox_cv_.notify_all();
-    read_header(j);
+    return true;
+  }
+
+  /// The reader found link j broken: fails it, stops reading, and asks the
+  /// io thread to close the socket.
+  void read_failed(int j, const std::string& what) {
+    link& l = *links_[static_cast<std::size_t>(j)];
+    l.read_stopped = true;
+    fail_link(j, what);
+    l.close_requested.store(true, std::memory_order_release);
+    wake();
+  }
+
+  void protocol_failed(int j, const std::string& what) {
+    // The stream can no longer be trusted: the socket is closed too.
+    read_failed(j, "rank " + std::to_string(j) + " broke the frame protocol: " + what);
   }
 
   void on_link_error(int j, const error_code& ec, const char* during) {
     if (ec == boost::asio::error::operation_aborted) return;  // this side closed it
-    std::string what;
-    if (ec == boost::asio::error::eof) {
-      what = "rank " + std::to_string(j) +
-             " closed the connection without a goodbye (it exited, crashed or was killed)";
-    } else {
-      what = "connection to rank " + std::to_string(j) + " lost while " + during +
-             " it: " + ec.message();
-    }
-    if (fail_link(j, what)) close_socket(j);
-  }
-
-  void on_protocol_error(int j, const std::string& what) {
-    fail_link(j, "rank " + std::to_string(j) + " broke the frame protocol: " + what);
-    close_socket(j);  // the stream can no longer be trusted
+    fail_link(j, "connection to rank " + std::to_string(j) + " lost while " + during +
+                     " it: " + ec.message());
+    links_[static_cast<std::size_t>(j)]->close_requested.store(true, std::memory_order_release);
+    wake();
   }
 
   void close_socket(int j) {
@@ -1053,6 +1324,14 @@ class tcp_transport {
     }
     l.socket.shutdown(tcp::socket::shutdown_both, ignored);
     l.socket.close(ignored);
+  }
+
+  /// Wakes a caller polling a link (read_link) to look at the world's state.
+  void notify_caller() noexcept {
+    if (!notify_pending_.exchange(true, std::memory_order_acq_rel)) {
+      const char byte = 1;
+      [[maybe_unused]] const auto written = ::write(notify_write_fd_, &byte, 1);
+    }
   }
 
   /// Marks link j failed and the world as failed (the first failure is the
@@ -1071,6 +1350,7 @@ class tcp_transport {
       }
     }
     inbox_cv_.notify_all();
+    notify_caller();
     return true;
   }
 
@@ -1111,6 +1391,10 @@ class tcp_transport {
   int wake_write_fd_ = -1;
   std::atomic<bool> wake_pending_{false};
   std::array<char, 64> wake_buffer_{};
+  // Wakes a caller that reads a link itself (poll) when another link fails.
+  int notify_read_fd_ = -1;
+  int notify_write_fd_ = -1;
+  std::atomic<bool> notify_pending_{false};
 
   std::mutex send_mutex_;  // send queues, send pool, writing flags
   std::condition_variable flush_cv_;
@@ -1131,5 +1415,6 @@ class tcp_transport {
 
 static_assert(Transport<tcp_transport>);
 static_assert(RecvAnyTransport<tcp_transport>);
+static_assert(InPlaceRecvTransport<tcp_transport>);
 
 }  // namespace ecopt
