@@ -12,6 +12,7 @@
 #if ECOPT_TEST_HAVE_TCP
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
@@ -790,6 +791,47 @@ TEST_SUITE("tcp_transport") {
                    "rank 0: timed out after 400 ms waiting for a message from rank 1 (tag 7)"));
     CHECK(r.third_equal);
     CHECK(r.target_kept);
+  }
+
+  TEST_CASE("a stream of mixed sizes arrives whole while recv and recv_into take turns") {
+    // Each rank sends its peer 240 messages, one at a time or in bursts of 8,
+    // and receives the peer's: sizes from empty to 300 KiB (several reads
+    // each), taken alternately by recv and recv_into, with pauses that let
+    // the io thread read ahead. Every way the link's reader passes between
+    // the io thread and the caller is taken; a lost wake-up would show as a
+    // timeout, a torn hand-over as wrong bytes.
+    constexpr int count = 240;
+    constexpr std::array<std::size_t, 6> sizes{0, 7, 4096, 65539, 131072, 300007};
+    auto size_of = [&](int i) { return sizes[static_cast<std::size_t>(i) % sizes.size()]; };
+    const auto w = run_tcp(
+        2,
+        [&](tcp_transport& t) {
+          const int peer = 1 - t.rank();
+          int wrong = 0;
+          std::vector<std::byte> into;
+          for (int first = 0; first < count;) {
+            const int burst = std::min((first / 8) % 2 == 0 ? 1 : 8, count - first);
+            for (int i = first; i < first + burst; ++i) {
+              t.send(peer, 5, pattern(size_of(i), static_cast<unsigned>(i + 1000 * t.rank())));
+            }
+            for (int i = first; i < first + burst; ++i) {
+              const auto expected = pattern(size_of(i), static_cast<unsigned>(i + 1000 * peer));
+              if (i % 2 == 0) {
+                t.recv(peer, 5, into);
+                if (into != expected) ++wrong;
+              } else {
+                std::vector<std::byte> target(size_of(i), std::byte{0xEE});
+                if (t.recv_into(peer, 5, target) != target.size() || target != expected) ++wrong;
+              }
+              if (i % 11 == t.rank()) std::this_thread::sleep_for(2ms);
+            }
+            first += burst;
+          }
+          return wrong;
+        },
+        {.timeout = 20s});
+    REQUIRE_MESSAGE(w.all_ok(), w.error_text());
+    for (const auto& wrong : w.values) CHECK(*wrong == 0);
   }
 
   TEST_CASE("collectives do not allocate on the caller's thread once buffers have circulated") {
