@@ -37,6 +37,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "ecopt/collectives/allgather.hpp"
@@ -235,19 +236,18 @@ timing time_per_op_threads(const settings& s, int world, Op&& op) {
                                iterations);
       cpu += cpu_seconds(RUSAGE_THREAD) - cpu_start;
     }
-    per_repetition.push_back(cpu / (static_cast<double>(iterations) * s.repetitions));
-    return per_repetition;  // the last entry: CPU time per operation
+    return std::pair{per_repetition, cpu / (static_cast<double>(iterations) * s.repetitions)};
   });
   double best = 1e300;
   for (int r = 0; r < s.repetitions; ++r) {
     double slowest = 0;
-    for (const auto& rank_times : times) {
+    for (const auto& [rank_times, rank_cpu] : times) {
       slowest = std::max(slowest, rank_times[static_cast<std::size_t>(r)]);
     }
     best = std::min(best, slowest);
   }
   double cpu = 0;
-  for (const auto& rank_times : times) cpu += rank_times.back();
+  for (const auto& [rank_times, rank_cpu] : times) cpu += rank_cpu;
   return {best, cpu};
 }
 

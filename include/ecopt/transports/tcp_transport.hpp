@@ -1004,7 +1004,7 @@ class tcp_transport {
     }
     flush_cv_.notify_all();
     if (ec) {
-      on_link_error(j, ec, "writing to");
+      on_write_error(j, ec);
       return;
     }
     start_write(j);
@@ -1295,11 +1295,8 @@ class tcp_transport {
   /// The reader found link j broken: fails it, stops reading, and asks the
   /// io thread to close the socket.
   void read_failed(int j, const std::string& what) {
-    link& l = *links_[static_cast<std::size_t>(j)];
-    l.read_stopped = true;
-    fail_link(j, what);
-    l.close_requested.store(true, std::memory_order_release);
-    wake();
+    links_[static_cast<std::size_t>(j)]->read_stopped = true;
+    fail_and_close(j, what);
   }
 
   void protocol_failed(int j, const std::string& what) {
@@ -1307,10 +1304,16 @@ class tcp_transport {
     read_failed(j, "rank " + std::to_string(j) + " broke the frame protocol: " + what);
   }
 
-  void on_link_error(int j, const error_code& ec, const char* during) {
+  void on_write_error(int j, const error_code& ec) {
     if (ec == boost::asio::error::operation_aborted) return;  // this side closed it
-    fail_link(j, "connection to rank " + std::to_string(j) + " lost while " + during +
-                     " it: " + ec.message());
+    fail_and_close(j, "connection to rank " + std::to_string(j) +
+                          " lost while writing to it: " + ec.message());
+  }
+
+  /// Fails link j and asks the io thread to close its socket (it does so
+  /// while holding the link's reader).
+  void fail_and_close(int j, const std::string& what) {
+    fail_link(j, what);
     links_[static_cast<std::size_t>(j)]->close_requested.store(true, std::memory_order_release);
     wake();
   }
