@@ -11,10 +11,7 @@
 # failures; the exit code is non-zero if any did. The last line adds up the
 # ctest summaries of the workflows.
 #
-# Time on the 2-core CI machine kind (clean tree, 2026-12-06): ci 963-1083 s
-# (tests 231-252 s), tsan 384-442 s (tests 154-174 s); nearly all of it compiling. (2026-11-23: ci
-# 1119 s, tsan 356 s. Before -g1 and
-# the precompiled test header: ci 1431 s, tsan 320 s.)
+# Time on a 2-core machine (clean tree): see CHANGELOG.md for the figures per phase.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

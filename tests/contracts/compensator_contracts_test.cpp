@@ -18,6 +18,10 @@
 #include "ecopt/problems/quadratic.hpp"
 #include "support/alloc_counter.hpp"
 
+// Everything of this file lives in its own namespace, so that test files can share a
+// translation unit (the unity build in tests/CMakeLists.txt).
+namespace compensator_contracts_test {
+
 namespace {
 
 template <class T = double>
@@ -414,3 +418,5 @@ TEST_CASE("curvature compensators check their fields and the problem they are gi
   CHECK(p[0] == doctest::Approx(1.0 + 0.7));
   CHECK(p[1] == doctest::Approx(-1.0 - 0.7));
 }
+
+}  // namespace compensator_contracts_test

@@ -17,6 +17,10 @@
 #include "ecopt/error.hpp"
 #include "support/alloc_counter.hpp"
 
+// Everything of this file lives in its own namespace, so that test files can share a
+// translation unit (the unity build in tests/CMakeLists.txt).
+namespace compressor_contracts_test {
+
 namespace {
 
 using ecopt::round_context;
@@ -401,3 +405,5 @@ TEST_CASE_TEMPLATE_DEFINE("compressor: summable payloads add in compressed form"
   }
 }
 TEST_CASE_TEMPLATE_APPLY(summable_contract, ecopt::all_compressors);
+
+}  // namespace compressor_contracts_test

@@ -16,6 +16,10 @@
 #include "ecopt/problem.hpp"
 #include "support/alloc_counter.hpp"
 
+// Everything of this file lives in its own namespace, so that test files can share a
+// translation unit (the unity build in tests/CMakeLists.txt).
+namespace optimizer_contracts_test {
+
 namespace {
 
 /// f(x) = |x|^2 / 2 as the finite sum (1/m) sum_i f_i, f_i(x) = |x|^2 / 2 + c_i'x
@@ -215,3 +219,5 @@ TEST_CASE("sgd, heavy ball and nesterov follow their update rules") {
     CHECK_THROWS_WITH_AS(bad.validate(), doctest::Contains("momentum"), ecopt::invalid_argument);
   }
 }
+
+}  // namespace optimizer_contracts_test

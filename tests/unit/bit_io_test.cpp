@@ -16,6 +16,10 @@
 #include "ecopt/error.hpp"
 #include "support/alloc_counter.hpp"
 
+// Everything of this file lives in its own namespace, so that test files can share a
+// translation unit (the unity build in tests/CMakeLists.txt).
+namespace bit_io_test {
+
 namespace {
 
 std::uint64_t low_bits(std::uint64_t v, unsigned width) {
@@ -328,3 +332,5 @@ TEST_CASE("packed runs within the reserved capacity do not allocate") {
   w.finish();
   CHECK(scope.count() == 0);
 }
+
+}  // namespace bit_io_test

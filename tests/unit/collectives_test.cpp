@@ -28,6 +28,10 @@
 #include "ecopt/transports/thread_transport.hpp"
 #include "support/alloc_counter.hpp"
 
+// Everything of this file lives in its own namespace, so that test files can share a
+// translation unit (the unity build in tests/CMakeLists.txt).
+namespace collectives_test {
+
 namespace {
 
 using namespace std::chrono_literals;
@@ -581,3 +585,5 @@ TEST_CASE("a solver-like loop stops allocating after ordinary warm-up steps") {
     }
   }
 }
+
+}  // namespace collectives_test

@@ -17,6 +17,10 @@
 #include "ecopt/counter_rng.hpp"
 #include "ecopt/error.hpp"
 
+// Everything of this file lives in its own namespace, so that test files can share a
+// translation unit (the unity build in tests/CMakeLists.txt).
+namespace compressors_test {
+
 namespace {
 
 using ecopt::round_context;
@@ -463,3 +467,5 @@ TEST_CASE("no_compression sends the float32 values") {
   CHECK(h.bits == 96);
   CHECK(h.payload.size() == 12);
 }
+
+}  // namespace compressors_test

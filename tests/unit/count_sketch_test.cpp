@@ -26,6 +26,10 @@
 #include "ecopt/transports/thread_transport.hpp"
 #include "support/alloc_counter.hpp"
 
+// Everything of this file lives in its own namespace, so that test files can share a
+// translation unit (the unity build in tests/CMakeLists.txt).
+namespace count_sketch_test {
+
 namespace {
 
 using ecopt::count_sketch;
@@ -657,3 +661,5 @@ TEST_CASE("count_sketch: Sketched SGD with error feedback solves least squares")
     CHECK(out[0].first == out[1].first);  // every rank holds the same iterate
   }
 }
+
+}  // namespace count_sketch_test

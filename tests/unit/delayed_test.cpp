@@ -18,6 +18,10 @@
 #include "ecopt/problems/quadratic.hpp"
 #include "support/alloc_counter.hpp"
 
+// Everything of this file lives in its own namespace, so that test files can share a
+// translation unit (the unity build in tests/CMakeLists.txt).
+namespace delayed_test {
+
 namespace {
 
 constexpr Eigen::Index dim = 6;
@@ -267,3 +271,5 @@ TEST_CASE("delayed_gradients does not allocate after construction") {
   CHECK(std::isfinite(sink));
   CHECK(allocations == 0);
 }
+
+}  // namespace delayed_test

@@ -41,6 +41,10 @@
 #include "ecopt/solver.hpp"
 #include "ecopt/transports/thread_transport.hpp"
 
+// Everything of this file lives in its own namespace, so that test files can share a
+// translation unit (the unity build in tests/CMakeLists.txt).
+namespace eclk_test {
+
 namespace {
 
 Eigen::MatrixXd gaussian(Eigen::Index rows, Eigen::Index cols, std::uint64_t seed) {
@@ -408,3 +412,5 @@ TEST_CASE("R3 guard: ECLK needs fewer rounds than EC-GD, EC-SGD and EC-L-SVRG (t
                           budget));
   }
 }
+
+}  // namespace eclk_test

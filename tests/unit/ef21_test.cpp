@@ -12,6 +12,10 @@
 #include "ecopt/ecopt.hpp"
 #include "support/alloc_counter.hpp"
 
+// Everything of this file lives in its own namespace, so that test files can share a
+// translation unit (the unity build in tests/CMakeLists.txt).
+namespace ef21_test {
+
 namespace {
 
 /// Least squares over `world` contiguous shards of one data set, each shard in
@@ -139,3 +143,5 @@ TEST_CASE("EF21 in a steady-state solver round does not allocate") {
   CHECK(counts[0] == 0);
   CHECK(counts[1] == 0);
 }
+
+}  // namespace ef21_test

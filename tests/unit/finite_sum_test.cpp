@@ -19,6 +19,10 @@
 #include "ecopt/problems/quadratic.hpp"
 #include "support/alloc_counter.hpp"
 
+// Everything of this file lives in its own namespace, so that test files can share a
+// translation unit (the unity build in tests/CMakeLists.txt).
+namespace finite_sum_test {
+
 namespace {
 
 Eigen::MatrixXd gaussian(Eigen::Index rows, Eigen::Index cols, std::uint64_t seed) {
@@ -122,3 +126,5 @@ TEST_CASE("full_batch(problem) makes the stochastic gradient the full one") {
   static_assert(!ecopt::FiniteSumProblem<ecopt::full_batch<ecopt::quadratic<double>>>);
   static_assert(ecopt::Problem<ecopt::full_batch<ecopt::quadratic<double>>>);
 }
+
+}  // namespace finite_sum_test

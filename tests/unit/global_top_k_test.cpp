@@ -33,6 +33,10 @@
 #include "ecopt/transports/thread_transport.hpp"
 #include "support/alloc_counter.hpp"
 
+// Everything of this file lives in its own namespace, so that test files can share a
+// translation unit (the unity build in tests/CMakeLists.txt).
+namespace global_top_k_test {
+
 static_assert(ecopt::AggregatingCompressor<ecopt::global_top_k, float, ecopt::thread_transport>);
 static_assert(ecopt::AggregatingCompressor<ecopt::global_top_k, double, ecopt::thread_transport>);
 static_assert(!ecopt::AggregatingCompressor<ecopt::top_k, double, ecopt::thread_transport>);
@@ -698,3 +702,5 @@ TEST_CASE("global_top_k: solver with error feedback converges on least squares")
     CHECK(out[0].first == out[1].first);  // identical iterates on every rank
   }
 }
+
+}  // namespace global_top_k_test

@@ -16,6 +16,10 @@
 #include "ecopt/counter_rng.hpp"
 #include "ecopt/error.hpp"
 
+// Everything of this file lives in its own namespace, so that test files can share a
+// translation unit (the unity build in tests/CMakeLists.txt).
+namespace grid_rounding_test {
+
 namespace {
 
 struct coded {
@@ -101,3 +105,5 @@ TEST_CASE("grid_rounding refuses what it cannot represent, naming it") {
   CHECK_THROWS_WITH_AS(c.decode_add(r, s, std::span<double>(out), 1.0, {}),
                        doctest::Contains("width"), ecopt::decode_error);
 }
+
+}  // namespace grid_rounding_test

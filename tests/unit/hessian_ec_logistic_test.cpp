@@ -39,6 +39,10 @@
 #include "ecopt/solver.hpp"
 #include "ecopt/transports/thread_transport.hpp"
 
+// Everything of this file lives in its own namespace, so that test files can share a
+// translation unit (the unity build in tests/CMakeLists.txt).
+namespace hessian_ec_logistic_test {
+
 namespace {
 
 /// Features d x m (one sample per column) and +-1 labels.
@@ -234,3 +238,5 @@ TEST_CASE("R2 at test size: heart_scale, when installed") {
     CHECK(f.diagonal < 0.1 * f.none);
   }
 }
+
+}  // namespace hessian_ec_logistic_test

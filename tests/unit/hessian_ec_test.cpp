@@ -20,6 +20,10 @@
 #include "ecopt/problems/conditioned_least_squares.hpp"
 #include "support/alloc_counter.hpp"
 
+// Everything of this file lives in its own namespace, so that test files can share a
+// translation unit (the unity build in tests/CMakeLists.txt).
+namespace hessian_ec_test {
+
 namespace {
 
 /// A least-squares instance (f(x) = 1/2 x'Hx - b'x in normal form) whose Hessian
@@ -331,3 +335,5 @@ TEST_CASE("a steady-state solver round with curvature compensation does not allo
   CHECK(allocations(ecopt::hessian_aided{.source = ecopt::curvature_source::hessian_vector}) == 0);
   CHECK(allocations(ecopt::diagonal_hessian{}) == 0);
 }
+
+}  // namespace hessian_ec_test

@@ -19,6 +19,10 @@
 #include "ecopt/error.hpp"
 #include "support/temp_dir.hpp"
 
+// Everything of this file lives in its own namespace, so that test files can share a
+// translation unit (the unity build in tests/CMakeLists.txt).
+namespace idx_test {
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -309,3 +313,5 @@ TEST_CASE("IDX: the Fashion-MNIST test set, when installed") {
 }
 
 TEST_SUITE_END();
+
+}  // namespace idx_test

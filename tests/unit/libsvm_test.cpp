@@ -17,6 +17,10 @@
 #include "ecopt/error.hpp"
 #include "support/temp_dir.hpp"
 
+// Everything of this file lives in its own namespace, so that test files can share a
+// translation unit (the unity build in tests/CMakeLists.txt).
+namespace libsvm_test {
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -180,3 +184,5 @@ TEST_CASE("LIBSVM: heart_scale, when installed") {
 }
 
 TEST_SUITE_END();
+
+}  // namespace libsvm_test

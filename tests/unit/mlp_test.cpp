@@ -22,6 +22,10 @@
 #include "ecopt/problems/mlp.hpp"
 #include "support/alloc_counter.hpp"
 
+// Everything of this file lives in its own namespace, so that test files can share a
+// translation unit (the unity build in tests/CMakeLists.txt).
+namespace mlp_test {
+
 namespace {
 
 using Eigen::Index;
@@ -388,3 +392,7 @@ TEST_CASE("mlp: no heap allocation after construction and the first call") {
                 {.hidden = 40, .activation = ecopt::mlp_activation::tanh, .batch_size = 64});
   check(pf);
 }
+
+TEST_SUITE_END();
+
+}  // namespace mlp_test

@@ -29,6 +29,10 @@
 #include "ecopt/transports/thread_transport.hpp"
 #include "support/alloc_counter.hpp"
 
+// Everything of this file lives in its own namespace, so that test files can share a
+// translation unit (the unity build in tests/CMakeLists.txt).
+namespace power_sgd_test {
+
 namespace {
 
 using ecopt::power_sgd;
@@ -665,3 +669,5 @@ TEST_CASE("solver: a power_sgd run reports exact payload bits") {
     CHECK(r.wire_bits > 0);
   }
 }
+
+}  // namespace power_sgd_test

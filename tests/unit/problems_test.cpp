@@ -25,6 +25,10 @@
 #include "ecopt/problems/softmax_regression.hpp"
 #include "support/alloc_counter.hpp"
 
+// Everything of this file lives in its own namespace, so that test files can share a
+// translation unit (the unity build in tests/CMakeLists.txt).
+namespace problems_test {
+
 namespace {
 
 using ecopt::matrix_t;
@@ -730,3 +734,5 @@ TEST_CASE("every problem works in float") {
 }
 
 TEST_SUITE_END();
+
+}  // namespace problems_test

@@ -29,6 +29,10 @@
 #include "ecopt/round_context.hpp"
 #include "support/alloc_counter.hpp"
 
+// Everything of this file lives in its own namespace, so that test files can share a
+// translation unit (the unity build in tests/CMakeLists.txt).
+namespace quantizers_test {
+
 namespace {
 
 using ecopt::round_context;
@@ -579,3 +583,5 @@ TEST_CASE_TEMPLATE("quantizers: no allocation after warm-up, at the speed-path s
   }
   CHECK(scope.count() == 0);
 }
+
+}  // namespace quantizers_test

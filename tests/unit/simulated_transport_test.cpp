@@ -28,6 +28,10 @@
 #include "ecopt/transports/thread_transport.hpp"
 #include "support/alloc_counter.hpp"
 
+// Everything of this file lives in its own namespace, so that test files can share a
+// translation unit (the unity build in tests/CMakeLists.txt).
+namespace simulated_transport_test {
+
 namespace {
 
 using ecopt::link_cost;
@@ -425,3 +429,5 @@ TEST_CASE("send and recv do not allocate once buffers have circulated") {
     CHECK(received == 20 * (0 + 8 + 1000 + 4096 + 1));
   }
 }
+
+}  // namespace simulated_transport_test

@@ -14,6 +14,10 @@
 #include "ecopt/ecopt.hpp"
 #include "support/alloc_counter.hpp"
 
+// Everything of this file lives in its own namespace, so that test files can share a
+// translation unit (the unity build in tests/CMakeLists.txt).
+namespace solver_test {
+
 namespace {
 
 /// A well-conditioned random quadratic in R^d, the same on every worker.
@@ -331,3 +335,5 @@ TEST_CASE("solver<qsgd> defaults to no compensation and sgd") {
   const ecopt::solver deduced{ecopt::scaled_sign{}};
   CHECK(ecopt::policy_name<std::remove_cvref_t<decltype(deduced.compressor)>>() == "scaled_sign");
 }
+
+}  // namespace solver_test

@@ -27,6 +27,10 @@
 #include "ecopt/error.hpp"
 #include "support/alloc_counter.hpp"
 
+// Everything of this file lives in its own namespace, so that test files can share a
+// translation unit (the unity build in tests/CMakeLists.txt).
+namespace sparsifiers_test {
+
 namespace {
 
 using ecopt::round_context;
@@ -783,3 +787,5 @@ TEST_CASE("chain: corrupt payloads leave the output untouched; non-finite input 
   CHECK_THROWS_AS((void)tq{.first = {.ratio = 0}}.make_state<float>(10), ecopt::invalid_argument);
   CHECK_THROWS_AS((void)tq{.second = {.levels = 0}}.make_state<float>(10), ecopt::invalid_argument);
 }
+
+}  // namespace sparsifiers_test

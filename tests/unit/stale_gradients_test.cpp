@@ -28,6 +28,10 @@
 #include "ecopt/solver.hpp"
 #include "ecopt/transports/thread_transport.hpp"
 
+// Everything of this file lives in its own namespace, so that test files can share a
+// translation unit (the unity build in tests/CMakeLists.txt).
+namespace stale_gradients_test {
+
 namespace {
 
 constexpr std::size_t taus[] = {0, 1, 4, 16};
@@ -161,3 +165,5 @@ TEST_CASE("a step that ignores the delay diverges; the fixed-delay stability lim
     CHECK_FALSE(run(s, dense, ecopt::fixed_delay{.tau = tau}, 1.1 * limit / l, steps).reached);
   }
 }
+
+}  // namespace stale_gradients_test

@@ -42,6 +42,10 @@
 #include "support/alloc_counter.hpp"
 #include "support/transport_worlds.hpp"
 
+// Everything of this file lives in its own namespace, so that test files can share a
+// translation unit (the unity build in tests/CMakeLists.txt).
+namespace tcp_transport_test {
+
 namespace {
 
 using namespace std::chrono_literals;
@@ -869,3 +873,5 @@ TEST_SUITE("tcp_transport") {
 }  // TEST_SUITE
 
 #endif  // ECOPT_TEST_HAVE_TCP
+
+}  // namespace tcp_transport_test

@@ -21,6 +21,10 @@
 #include "ecopt/transports/thread_transport.hpp"
 #include "support/alloc_counter.hpp"
 
+// Everything of this file lives in its own namespace, so that test files can share a
+// translation unit (the unity build in tests/CMakeLists.txt).
+namespace thread_transport_test {
+
 namespace {
 
 using namespace std::chrono_literals;
@@ -168,3 +172,5 @@ TEST_CASE("send and recv do not allocate once buffers have circulated") {
     }
   }
 }
+
+}  // namespace thread_transport_test

@@ -35,6 +35,10 @@
 #include "ecopt/solver.hpp"
 #include "ecopt/transports/thread_transport.hpp"
 
+// Everything of this file lives in its own namespace, so that test files can share a
+// translation unit (the unity build in tests/CMakeLists.txt).
+namespace topk_memory_test {
+
 namespace {
 
 using Eigen::Index;
@@ -155,3 +159,7 @@ TEST_CASE("top_k with memory reaches dense SGD's loss, without memory it falls b
       },
       [](auto& problem, VectorXd& x) { problem.initial_point(7, x); });
 }
+
+TEST_SUITE_END();
+
+}  // namespace topk_memory_test

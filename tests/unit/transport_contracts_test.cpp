@@ -42,6 +42,10 @@
 #include "ecopt/transport.hpp"
 #include "support/transport_worlds.hpp"
 
+// Everything of this file lives in its own namespace, so that test files can share a
+// translation unit (the unity build in tests/CMakeLists.txt).
+namespace transport_contracts_test {
+
 #ifndef ECOPT_TEST_LARGE
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define ECOPT_TEST_LARGE 0
@@ -182,6 +186,9 @@ large_data& large_buffers() {
 
 }  // namespace
 
+}  // namespace transport_contracts_test
+
+// doctest's type names are specialisations in its own namespace.
 #if ECOPT_TEST_MPI_WORLD
 TYPE_TO_STRING(ecopt::test::mpi_world);
 TYPE_TO_STRING(ecopt::test::simulated_world<ecopt::test::mpi_world>);
@@ -193,6 +200,8 @@ TYPE_TO_STRING(ecopt::test::tcp_world);
 TYPE_TO_STRING(ecopt::test::simulated_world<ecopt::test::tcp_world>);
 #endif
 #endif
+
+namespace transport_contracts_test {
 
 TEST_CASE_TEMPLATE_DEFINE("transport: rank and size; peers must be other ranks of the world", W,
                           identity_contract) {
@@ -591,3 +600,5 @@ TEST_CASE_TEMPLATE_DEFINE("transport: a rank that returns mid-round fails the ra
   }
 }
 TEST_CASE_TEMPLATE_APPLY(early_return_contract, all_worlds);
+
+}  // namespace transport_contracts_test

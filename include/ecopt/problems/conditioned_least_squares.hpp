@@ -88,8 +88,12 @@ struct conditioned_least_squares {
 }
 
 /// The instance whose Hessian has the given eigenvalues (all finite and > 0).
-[[nodiscard]] inline conditioned_least_squares make_conditioned_least_squares(
-    const Eigen::Ref<const Eigen::VectorXd>& eigenvalues,
+/// A template only so that the QR factorisations and products below are compiled
+/// in the programs that call it: as a plain inline function its body cost every
+/// file that includes ecopt.hpp about 5 s of compile time.
+template <class Eigenvalues>
+[[nodiscard]] conditioned_least_squares make_conditioned_least_squares(
+    const Eigen::MatrixBase<Eigenvalues>& eigenvalues,
     const conditioned_least_squares_options& options = {}) {
   options.validate();
   const Eigen::Index d = eigenvalues.size();
