@@ -2,16 +2,13 @@
 // solver<Compressor, Compensator, Optimizer>: one synchronous data-parallel
 // round per step, composed at compile time.
 //
-//   problem --gradient--> compensator.compensate --> compressor.encode
-//     --> exchange: the compressor's own `aggregate` when it has one (gTop-k,
-//         Sketched SGD, PowerSGD), else allreduce when the payload sums in
-//         compressed form, else allgather and decode every payload
-//     --> compensator.update(own decoded payload) --> optimizer.apply(mean) --> x
-// Optional compensator hooks: observe_curvature(problem, x) before compensate,
-// reconstruct(mean) -> the direction applied instead of the mean (compensator.hpp).
+//   problem --gradient--> gradient_exchange (compensate, compress, collective,
+//     decode, mean: gradient_exchange.hpp) --direction--> optimizer.apply --> x
 //
-// Every rank ends each round with the same aggregate and so the same x: the
-// model itself is never sent (rank 0's x is broadcast once at the start).
+// The solver is a loop of exchange calls around the problem and the optimizer,
+// the same object a training loop of the user's own calls. Every rank ends each
+// round with the same direction and so the same x: the model itself is never
+// sent (rank 0's x is broadcast once at the start).
 #include <Eigen/Core>
 #include <algorithm>
 #include <chrono>
@@ -22,8 +19,6 @@
 #include <string>
 #include <vector>
 
-#include "ecopt/bit_reader.hpp"
-#include "ecopt/bit_writer.hpp"
 #include "ecopt/collectives/allgather.hpp"
 #include "ecopt/collectives/allreduce.hpp"
 #include "ecopt/collectives/broadcast.hpp"
@@ -34,6 +29,7 @@
 #include "ecopt/compressors/no_compression.hpp"
 #include "ecopt/counter_rng.hpp"
 #include "ecopt/error.hpp"
+#include "ecopt/gradient_exchange.hpp"
 #include "ecopt/optimizer.hpp"
 #include "ecopt/optimizers/sgd.hpp"
 #include "ecopt/problem.hpp"
@@ -62,18 +58,6 @@ bool notify_eval(Observer& o, const progress& p) {
   }
   return false;
 }
-
-template <class T>
-void require_finite(std::span<const T> g, int rank, std::uint64_t step) {
-  for (std::size_t j = 0; j < g.size(); ++j) {
-    if (!std::isfinite(g[j])) {
-      throw numeric_error("rank " + std::to_string(rank) + ", step " + std::to_string(step) +
-                          ": the stochastic gradient has a non-finite entry (" +
-                          std::to_string(g[j]) + ") at index " + std::to_string(j));
-    }
-  }
-}
-
 }  // namespace detail
 
 template <Compressor C = no_compression, Compensator E = no_compensation, Optimizer O = sgd>
@@ -118,17 +102,12 @@ struct solver {
       }
     };
 
-    // Everything a round needs is made here, once.
-    auto compressor_state = compressor.template make_state<T>(d);
-    auto compensator_state = compensator.template make_state<T>(d);
+    // Everything a round needs is made here, once. The solver checks the
+    // gradient itself, before a Hessian-aided compensator looks at the problem.
+    gradient_exchange<C, E, T> exchange(compressor, compensator, d,
+                                        {.seed = options.seed, .check_finite = false});
     auto optimizer_state = optimizer.template make_state<T>(d);
-    vector_t<T> gradient(d), message(d), own(d), mean(d);
-    vector_t<T> reconstructed(ReconstructsDirection<E, T> ? d : 0);
-    std::vector<std::byte> payload;
-    payload.reserve(static_cast<std::size_t>((compressor.max_bits(d) + 7) / 8 + 8));
-    std::vector<std::vector<std::byte>> gathered(static_cast<std::size_t>(world));
-    std::vector<float> summed;
-    if constexpr (SummableCompressor<C, T>) summed.resize(compressor.summable_size(d));
+    vector_t<T> gradient(d), mean(d);
     collective_workspace workspace;
     const T inv_world = T(1) / static_cast<T>(world);
 
@@ -191,32 +170,11 @@ struct solver {
       }
       if (options.check_finite) detail::require_finite(as_const_span(gradient), rank, step);
 
-      if constexpr (UsesCurvature<E, P>) {
-        compensator.observe_curvature(problem, x, compensator_state, ctx);
-      }
-      compensator.compensate(as_const_span(gradient), compensator_state, as_span(message), ctx);
-      own.setZero();
-      mean.setZero();
-      const std::uint64_t sent_before = transport.bytes_sent();
-      if constexpr (AggregatingCompressor<C, T, Tr>) {
-        report.payload_bits +=
-            compressor.aggregate(transport, as_const_span(message), compressor_state, as_span(own),
-                                 as_span(mean), workspace, ctx);
-      } else if (use_allreduce()) {
-        exchange_summed(transport, compressor_state, message, own, mean, summed, workspace, ctx,
-                        report);
-      } else {
-        exchange_gathered(transport, compressor_state, message, own, mean, payload, gathered, ctx,
-                          report);
-      }
-      report.wire_bits += 8 * (transport.bytes_sent() - sent_before);
-      compensator.update(as_const_span(message), as_const_span(own), compensator_state, ctx);
-      mean *= inv_world;
-      if constexpr (ReconstructsDirection<E, T>) {
-        compensator.reconstruct(as_const_span(mean), compensator_state, as_span(reconstructed),
-                                ctx);
-        mean = reconstructed;
-      }
+      exchange.observe_curvature(problem, x, ctx);
+      const exchange_bits bits =
+          exchange.exchange(transport, as_const_span(gradient), as_span(mean), ctx);
+      report.payload_bits += bits.payload;
+      report.wire_bits += bits.wire;
       optimizer.apply(std::span<T>(x.data(), d), as_const_span(mean), optimizer_state, ctx);
 
       info.step = step + 1;
@@ -247,63 +205,6 @@ struct solver {
     return report;
   }
 
- private:
-  [[nodiscard]] bool use_allreduce() const {
-    if constexpr (requires { compressor.summable(); }) {
-      return SummableCompressor<C, float> && compressor.summable();
-    } else {
-      return false;
-    }
-  }
-
-  template <class Tr, class S, class T>
-  void exchange_summed(Tr& transport, S& state, const vector_t<T>& message, vector_t<T>& own,
-                       vector_t<T>& sum, std::vector<float>& summed,
-                       collective_workspace& workspace, const round_context& ctx,
-                       run_report& report) const {
-    if constexpr (SummableCompressor<C, T>) {
-      const std::span<const T> in(message.data(), message.size());
-      compressor.encode_summable(in, state, std::span<float>(summed), ctx);
-      compressor.decode_summed(std::span<const float>(summed), state,
-                               std::span<T>(own.data(), own.size()), T(1), ctx);
-      report.payload_bits += 32 * static_cast<std::uint64_t>(summed.size());
-      allreduce_sum(transport, std::span<float>(summed), workspace);
-      compressor.decode_summed(std::span<const float>(summed), state,
-                               std::span<T>(sum.data(), sum.size()), T(1), ctx);
-    }
-  }
-
-  template <class Tr, class S, class T>
-  void exchange_gathered(Tr& transport, S& state, const vector_t<T>& message, vector_t<T>& own,
-                         vector_t<T>& sum, std::vector<std::byte>& payload,
-                         std::vector<std::vector<std::byte>>& gathered, const round_context& ctx,
-                         run_report& report) const {
-    bit_writer writer(payload);
-    compressor.encode(std::span<const T>(message.data(), message.size()), state, writer, ctx);
-    report.payload_bits += writer.bits();
-    const std::span<const std::byte> bytes = writer.finish();
-    {
-      bit_reader reader(bytes);
-      compressor.decode_add(reader, state, std::span<T>(own.data(), own.size()), T(1), ctx);
-    }
-    allgather_bytes(transport, bytes, gathered);
-    for (int sender = 0; sender < ctx.world; ++sender) {
-      if (sender == ctx.rank) {
-        sum += own;
-        continue;
-      }
-      round_context from = ctx;
-      from.rank = sender;
-      bit_reader reader(gathered[static_cast<std::size_t>(sender)]);
-      try {
-        compressor.decode_add(reader, state, std::span<T>(sum.data(), sum.size()), T(1), from);
-      } catch (const decode_error& e) {
-        throw decode_error("rank " + std::to_string(ctx.rank) + ", step " +
-                           std::to_string(ctx.round) + ": payload from rank " +
-                           std::to_string(sender) + ": " + e.what());
-      }
-    }
-  }
 };
 
 template <class C, class E, class O>

@@ -12,7 +12,8 @@
 //   W2  classes x hidden, column-major  x[hidden (d + 1), hidden (d + 1) + classes hidden)
 //   b2  classes                       the last `classes` entries
 // so dim() = hidden (d + 1) + classes (hidden + 1) (784-64-10: 50890). The
-// offsets are also returned by layout().
+// offsets are also returned by layout(), and the blocks with their shapes by
+// layers().
 //
 // Start from initial_point(seed), not from zero: at W1 = 0, W2 = 0 both weight
 // gradients vanish (the hidden layer is constant and the output layer has no
@@ -35,6 +36,7 @@
 
 #include "ecopt/counter_rng.hpp"
 #include "ecopt/error.hpp"
+#include "ecopt/parameter_layout.hpp"
 #include "ecopt/problem.hpp"
 #include "ecopt/problems/detail/softmax_cross_entropy.hpp"
 #include "ecopt/problems/shard.hpp"
@@ -124,6 +126,19 @@ class mlp {
     const std::size_t h = options_.hidden;
     const auto c = static_cast<std::size_t>(classes_);
     return {0, h * d, h * (d + 1), h * (d + 1) + c * h, h * (d + 1) + c * (h + 1)};
+  }
+  /// The layers as named blocks (W1, b1, W2, b2; weights column-major), for
+  /// compressors that work layer by layer (per_block.hpp).
+  [[nodiscard]] parameter_layout layers() const {
+    const mlp_layout at = layout();
+    const std::size_t h = options_.hidden;
+    const auto c = static_cast<std::size_t>(classes_);
+    parameter_layout out;
+    out.add({.name = "W1", .offset = at.w1, .rows = h, .cols = features_dim()})
+        .add({.name = "b1", .offset = at.b1, .rows = h})
+        .add({.name = "W2", .offset = at.w2, .rows = c, .cols = h})
+        .add({.name = "b2", .offset = at.b2, .rows = c});
+    return out;
   }
   [[nodiscard]] std::size_t dim() const noexcept { return layout().dim; }
   [[nodiscard]] int classes() const noexcept { return classes_; }

@@ -25,6 +25,7 @@
 
 #include "ecopt/counter_rng.hpp"
 #include "ecopt/error.hpp"
+#include "ecopt/parameter_layout.hpp"
 #include "ecopt/problem.hpp"
 #include "ecopt/problems/detail/softmax_cross_entropy.hpp"
 #include "ecopt/problems/shard.hpp"
@@ -134,6 +135,15 @@ class softmax_regression {
     return static_cast<std::size_t>(classes_) * (features_dim() + (options_.bias ? 1 : 0));
   }
   [[nodiscard]] int classes() const noexcept { return classes_; }
+  /// The parameters as named blocks: W (classes x d, column-major), then b
+  /// (classes) when there is a bias; for compressors that work layer by layer.
+  [[nodiscard]] parameter_layout layers() const {
+    const auto c = static_cast<std::size_t>(classes_);
+    parameter_layout out;
+    out.add_matrix("W", c, features_dim());
+    if (options_.bias) out.add_vector("b", c);
+    return out;
+  }
   /// d, the number of features per sample.
   [[nodiscard]] std::size_t features_dim() const noexcept {
     return static_cast<std::size_t>(a_.rows());
