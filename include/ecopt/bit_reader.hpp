@@ -159,6 +159,19 @@ class bit_reader {
     }
   }
 
+  /// The next n whole bytes as a view into the payload, skipped over; the
+  /// position must be on a byte boundary (a framed sub-payload).
+  std::span<const std::byte> take_bytes(std::size_t n, const char* field) {
+    if (pos_ % 8 != 0) {
+      throw decode_error(std::string("corrupt payload: ") + field + " at bit offset " +
+                         std::to_string(pos_) + " is not on a byte boundary");
+    }
+    require(8 * static_cast<std::uint64_t>(n), field);
+    const std::span<const std::byte> out = data_.subspan(static_cast<std::size_t>(pos_ / 8), n);
+    pos_ += 8 * static_cast<std::uint64_t>(n);
+    return out;
+  }
+
   bool read_bit(const char* field) { return read(1, field) != 0; }
   std::uint32_t read_u32(const char* field) { return static_cast<std::uint32_t>(read(32, field)); }
   std::uint64_t read_u64(const char* field) { return read(64, field); }

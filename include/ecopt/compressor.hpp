@@ -118,6 +118,23 @@ concept AggregatingCompressor = Compressor<C, T> &&
   { c.aggregate(transport, x, s, own, sum, workspace, ctx) } -> std::convertible_to<std::uint64_t>;
 };
 
+/// Compressors whose own exchange is a fixed sequence of allreduces of float
+/// buffers, offered phase by phase so that per_block can fuse phase k of every
+/// block into one allreduce (PowerSGD: P, then Q). Per round, for phase = 0 ..
+/// phases(s) - 1, every rank calls phase_begin (writes its phase_floats(s, phase)
+/// floats), the buffers are summed over ranks, and every rank calls phase_end
+/// with the sum; the result is that of `aggregate`.
+template <class C, class T>
+concept PhasedAggregation = Compressor<C, T> &&
+    requires(const C& c, compressor_state_t<C, T>& s, std::size_t phase, std::span<const T> x,
+             std::span<float> out, std::span<const float> summed, std::span<T> own,
+             std::span<T> sum, const round_context& ctx) {
+  { c.phases(s) } -> std::convertible_to<std::size_t>;
+  { c.phase_floats(s, phase) } -> std::convertible_to<std::size_t>;
+  c.phase_begin(x, s, phase, out, own, ctx);
+  c.phase_end(s, phase, summed, own, sum, ctx);
+};
+
 /// A policy's display name: its `name` member if it has one.
 template <class Policy>
 constexpr std::string_view policy_name() {

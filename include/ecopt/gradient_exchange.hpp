@@ -18,12 +18,16 @@
 // and every buffer a round needs: after the first round a call allocates
 // nothing (the collectives reuse their workspace, the gathered payloads keep
 // their capacity).
+#include <algorithm>
+#include <bit>
 #include <cmath>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "ecopt/bit_reader.hpp"
@@ -56,14 +60,30 @@ struct exchange_round {
 };
 
 struct exchange_options {
-  std::uint64_t seed = 0;     ///< the run's global seed: equal on all ranks
-  bool check_finite = true;   ///< throw numeric_error on a non-finite gradient entry
+  std::uint64_t seed = 0;    ///< the run's global seed: equal on all ranks
+  bool check_finite = true;  ///< throw numeric_error on a non-finite gradient entry
 };
 
 namespace detail {
 
+/// True when every entry is finite: an OR over the entries' exponent fields,
+/// each plus one unit so that an all-ones exponent carries into the sign bit
+/// (a loop that vectorises, unlike one that stops at the first bad entry).
+template <class T>
+[[nodiscard]] bool all_finite(std::span<const T> g) noexcept {
+  using bits_t = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+  static_assert(sizeof(T) == sizeof(bits_t) && std::numeric_limits<T>::is_iec559);
+  constexpr int mantissa = std::numeric_limits<T>::digits - 1;
+  constexpr bits_t exponent = ~bits_t{0} >> 1 & ~((bits_t{1} << mantissa) - 1);
+  constexpr bits_t unit = bits_t{1} << mantissa;
+  bits_t acc = 0;
+  for (const T v : g) acc |= (std::bit_cast<bits_t>(v) & exponent) + unit;
+  return (acc >> (8 * sizeof(T) - 1)) == 0;
+}
+
 template <class T>
 void require_finite(std::span<const T> g, int rank, std::uint64_t step) {
+  if (all_finite(g)) return;
   for (std::size_t j = 0; j < g.size(); ++j) {
     if (!std::isfinite(g[j])) {
       throw numeric_error("rank " + std::to_string(rank) + ", step " + std::to_string(step) +
@@ -93,7 +113,7 @@ class gradient_exchange {
         dim_(dim),
         compressor_state_(compressor_.template make_state<T>(dim)),
         compensator_state_(compensator_.template make_state<T>(dim)),
-        message_(dim),
+        message_(std::is_same_v<E, no_compensation> ? 0 : dim),
         own_(dim),
         sum_(dim),
         reconstructed_(ReconstructsDirection<E, T> ? dim : 0) {
@@ -103,8 +123,8 @@ class gradient_exchange {
     if constexpr (SummableCompressor<C, T>) summed_.resize(compressor_.summable_size(dim));
   }
 
-  explicit gradient_exchange(std::size_t dim, const exchange_options& options = {})
-      requires std::default_initializable<C> && std::default_initializable<E>
+  explicit gradient_exchange(std::size_t dim, const exchange_options& options = {}) requires
+      std::default_initializable<C> && std::default_initializable<E>
       : gradient_exchange(C{}, E{}, dim, options) {}
 
   [[nodiscard]] std::size_t dim() const noexcept { return dim_; }
@@ -113,9 +133,7 @@ class gradient_exchange {
   [[nodiscard]] const exchange_options& options() const noexcept { return options_; }
   /// The per-worker states (error memory, warm starts): for inspection and checkpoints.
   [[nodiscard]] compressor_state_type& compressor_state() noexcept { return compressor_state_; }
-  [[nodiscard]] compensator_state_type& compensator_state() noexcept {
-    return compensator_state_;
-  }
+  [[nodiscard]] compensator_state_type& compensator_state() noexcept { return compensator_state_; }
 
   /// The round_context of `round` on this transport.
   template <Transport Tr>
@@ -160,20 +178,26 @@ class gradient_exchange {
     }
     if (options_.check_finite) detail::require_finite(gradient, ctx.rank, ctx.round);
     exchange_bits bits;
-    compensator_.compensate(gradient, compensator_state_, span(message_), ctx);
+    // Without compensation the message is the gradient itself: no copy.
+    if constexpr (std::is_same_v<E, no_compensation>) {
+      message_view_ = gradient;
+    } else {
+      compensator_.compensate(gradient, compensator_state_, span(message_), ctx);
+      message_view_ = const_span(message_);
+    }
     std::fill(own_.begin(), own_.end(), T(0));
     std::fill(sum_.begin(), sum_.end(), T(0));
     const std::uint64_t sent_before = transport.bytes_sent();
     if constexpr (AggregatingCompressor<C, T, Tr>) {
-      bits.payload = compressor_.aggregate(transport, const_span(message_), compressor_state_,
-                                           span(own_), span(sum_), workspace_, ctx);
+      bits.payload = compressor_.aggregate(transport, message_view_, compressor_state_, span(own_),
+                                           span(sum_), workspace_, ctx);
     } else if (use_allreduce()) {
       bits.payload = exchange_summed(transport, ctx);
     } else {
       bits.payload = exchange_gathered(transport, ctx);
     }
     bits.wire = 8 * (transport.bytes_sent() - sent_before);
-    compensator_.update(const_span(message_), const_span(own_), compensator_state_, ctx);
+    compensator_.update(message_view_, const_span(own_), compensator_state_, ctx);
     const T inv_world = T(1) / static_cast<T>(ctx.world);
     if constexpr (ReconstructsDirection<E, T>) {
       for (std::size_t j = 0; j < dim_; ++j) sum_[j] *= inv_world;
@@ -205,8 +229,7 @@ class gradient_exchange {
   template <class Tr>
   std::uint64_t exchange_summed(Tr& transport, const round_context& ctx) {
     if constexpr (SummableCompressor<C, T>) {
-      compressor_.encode_summable(const_span(message_), compressor_state_,
-                                  std::span<float>(summed_), ctx);
+      compressor_.encode_summable(message_view_, compressor_state_, std::span<float>(summed_), ctx);
       compressor_.decode_summed(std::span<const float>(summed_), compressor_state_, span(own_),
                                 T(1), ctx);
       allreduce_sum(transport, std::span<float>(summed_), workspace_);
@@ -221,7 +244,7 @@ class gradient_exchange {
   template <class Tr>
   std::uint64_t exchange_gathered(Tr& transport, const round_context& ctx) {
     bit_writer writer(payload_);
-    compressor_.encode(const_span(message_), compressor_state_, writer, ctx);
+    compressor_.encode(message_view_, compressor_state_, writer, ctx);
     const std::uint64_t bits = writer.bits();
     const std::span<const std::byte> bytes = writer.finish();
     {
@@ -256,6 +279,7 @@ class gradient_exchange {
   compressor_state_type compressor_state_;
   compensator_state_type compensator_state_;
   std::vector<T> message_, own_, sum_, reconstructed_;
+  std::span<const T> message_view_;  ///< what this round compresses: message_ or the gradient
   std::vector<std::byte> payload_;
   std::vector<std::vector<std::byte>> gathered_;
   std::vector<float> summed_;

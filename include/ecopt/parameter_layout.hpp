@@ -60,8 +60,8 @@ class parameter_layout {
   /// Appends a rows x cols matrix after the last block.
   parameter_layout& add_matrix(std::string name, std::size_t rows, std::size_t cols,
                                storage_order order = storage_order::column_major) {
-    return add({.name = std::move(name), .offset = end(), .rows = rows, .cols = cols,
-                .order = order});
+    return add(
+        {.name = std::move(name), .offset = end(), .rows = rows, .cols = cols, .order = order});
   }
 
   /// Appends a vector of `size` entries after the last block.
@@ -74,8 +74,7 @@ class parameter_layout {
   parameter_layout& add(parameter_block block) {
     if (block.rows == 0 || block.cols == 0) {
       throw invalid_argument("parameter_layout: block '" + block.name + "' is empty (" +
-                             std::to_string(block.rows) + " x " + std::to_string(block.cols) +
-                             ")");
+                             std::to_string(block.rows) + " x " + std::to_string(block.cols) + ")");
     }
     constexpr std::size_t limit = std::numeric_limits<std::size_t>::max();
     if (block.rows > limit / block.cols || block.offset > limit - block.size()) {
@@ -86,12 +85,12 @@ class parameter_layout {
       if (other.name == block.name) {
         throw invalid_argument("parameter_layout: two blocks are named '" + block.name + "'");
       }
-      if (block.offset < other.offset + other.size() && other.offset < block.offset + block.size()) {
+      if (block.offset < other.offset + other.size() &&
+          other.offset < block.offset + block.size()) {
         throw invalid_argument("parameter_layout: block '" + block.name + "' [" +
                                std::to_string(block.offset) + ", " +
-                               std::to_string(block.offset + block.size()) +
-                               ") overlaps block '" + other.name + "' [" +
-                               std::to_string(other.offset) + ", " +
+                               std::to_string(block.offset + block.size()) + ") overlaps block '" +
+                               other.name + "' [" + std::to_string(other.offset) + ", " +
                                std::to_string(other.offset + other.size()) + ")");
       }
     }
@@ -123,8 +122,8 @@ class parameter_layout {
     if (end() > dim) {
       const parameter_block& last = blocks_.back();
       throw invalid_argument("parameter_layout: block '" + last.name + "' ends at entry " +
-                             std::to_string(end()) + ", past the buffer of " +
-                             std::to_string(dim) + " entries");
+                             std::to_string(end()) + ", past the buffer of " + std::to_string(dim) +
+                             " entries");
     }
   }
 

@@ -204,7 +204,6 @@ struct solver {
     report.wall_seconds = elapsed();
     return report;
   }
-
 };
 
 template <class C, class E, class O>

@@ -99,6 +99,30 @@ struct contract_traits<qsgd> {
   static constexpr bool randomized = true;
 };
 
+/// per_block: a one-entry block that travels dense ahead of the rest of the
+/// vector, compressed as one block (the dense and the framed paths both run).
+template <class C>
+per_block<C> split_after_first(C c) {
+  per_block<C> p{.compressor = c, .dense_below = 2, .min_gain = 0};
+  p.layout.add_vector("head", 1);
+  return p;
+}
+template <>
+struct contract_traits<per_block<top_k>> {
+  static per_block<top_k> make() { return split_after_first(top_k{.ratio = 0.1}); }
+  static constexpr bool randomized = false;
+};
+template <>
+struct contract_traits<per_block<rand_k>> {
+  static per_block<rand_k> make() { return split_after_first(rand_k{.ratio = 0.1}); }
+  static constexpr bool randomized = true;
+};
+template <>
+struct contract_traits<per_block<power_sgd>> {  // one block: power_sgd itself
+  static per_block<power_sgd> make() { return {.dense_below = 0, .min_gain = 0}; }
+  static constexpr bool randomized = true;
+};
+
 /// Standard normal entries from the test stream `seed`.
 template <class T>
 std::vector<T> random_vector(std::size_t d, std::uint64_t seed) {

@@ -10,6 +10,7 @@
 #include "ecopt/compressors/grid_rounding.hpp"
 #include "ecopt/compressors/natural.hpp"
 #include "ecopt/compressors/no_compression.hpp"
+#include "ecopt/compressors/per_block.hpp"
 #include "ecopt/compressors/power_sgd.hpp"
 #include "ecopt/compressors/qsgd.hpp"
 #include "ecopt/compressors/rand_k.hpp"
@@ -23,5 +24,6 @@ namespace ecopt {
 using all_compressors =
     std::tuple<no_compression, top_k, rand_k, rand_k_unscaled, qsgd, scaled_sign, terngrad, natural,
                sign, dq_sgd, grid_rounding, power_sgd, count_sketch, global_top_k, threshold_top_k,
-               chain<top_k, qsgd>, chain<top_k, scaled_sign>>;
+               chain<top_k, qsgd>, chain<top_k, scaled_sign>, per_block<top_k>,
+               per_block<power_sgd>, per_block<rand_k>>;
 }

@@ -63,6 +63,7 @@
 #include "ecopt/counter_rng.hpp"
 #include "ecopt/detail/span_checks.hpp"
 #include "ecopt/error.hpp"
+#include "ecopt/parameter_layout.hpp"
 #include "ecopt/round_context.hpp"
 #include "ecopt/transport.hpp"
 
@@ -125,6 +126,16 @@ struct power_sgd {
       return power_sgd_shape{0, 0, 0, d};
     }
     return power_sgd_shape{best, d / best, r, d % best};
+  }
+
+  /// The compressor for one block of a parameter_layout (per_block.hpp): a
+  /// matrix block gives its rows (a row-major block is the column-major matrix
+  /// of its transpose, whose rank-r approximation is the transpose of the
+  /// block's); a vector block is one column, which travels dense.
+  [[nodiscard]] power_sgd for_block(const parameter_block& block) const {
+    power_sgd c = *this;
+    c.rows = block.is_matrix() ? block.column_major_rows() : block.size();
+    return c;
   }
 
   /// Exact standalone payload bits: 32 (r (rows + cols) + remainder).
@@ -303,6 +314,92 @@ struct power_sgd {
     add_outer(own.data(), sh, s.p.data(), s.q.data(), T(1) / static_cast<T>(transport.size()));
     finish_round(s, s.q.data());
     return 32 * floats;
+  }
+
+  // --- The same round phase by phase (PhasedAggregation, compressor.hpp) --------------
+  // per_block fuses phase k of every weight matrix into one allreduce: PowerSGD
+  // over all layers of a model costs two allreduces per round, not two per layer.
+  // Phase 2i carries P of iteration i (phase 0 also the remainder, or the whole
+  // vector when dense), phase 2i + 1 its Q. Run over one matrix with one
+  // allreduce per phase, this is `aggregate`, bit for bit.
+
+  template <class T>
+  [[nodiscard]] std::size_t phases(const state<T>& s) const noexcept {
+    return s.shape.dense() ? 1 : 2 * iterations;
+  }
+
+  template <class T>
+  [[nodiscard]] std::size_t phase_floats(const state<T>& s, std::size_t phase) const noexcept {
+    const power_sgd_shape& sh = s.shape;
+    if (sh.dense()) return sh.remainder;
+    if (phase % 2 == 1) return sh.cols * sh.rank;
+    return sh.rows * sh.rank + (phase == 0 ? sh.remainder : 0);
+  }
+
+  /// Writes this rank's floats of `phase` to `out` (own += what it sends exactly).
+  template <class T>
+  void phase_begin(std::span<const T> x, state<T>& s, std::size_t phase, std::span<float> out,
+                   std::span<T> own, const round_context& ctx) const {
+    detail::require_size(name, "input", x.size(), s.dim);
+    detail::require_size(name, "phase buffer", out.size(), phase_floats(s, phase));
+    const power_sgd_shape& sh = s.shape;
+    const std::size_t pr = sh.rows * sh.rank;
+    const std::size_t body = sh.rows * sh.cols;
+    if (phase == 0) {
+      const std::size_t rem_at = sh.dense() ? 0 : pr;
+      for (std::size_t i = 0; i < sh.remainder; ++i) {
+        out[rem_at + i] = static_cast<float>(x[body + i]);
+        own[body + i] += static_cast<T>(out[rem_at + i]);
+      }
+      if (sh.dense()) return;
+      begin_round(s, ctx);
+      std::copy(s.q_start.begin(), s.q_start.end(), s.q.begin());
+    }
+    if (phase % 2 == 0) {
+      multiply(x.data(), sh, s.q.data(), s.p.data());
+      for (std::size_t i = 0; i < pr; ++i) out[i] = static_cast<float>(s.p[i]);
+    } else {
+      multiply_transposed(x.data(), sh, s.p.data(), s.q.data());
+      for (std::size_t i = 0; i < s.q.size(); ++i) out[i] = static_cast<float>(s.q[i]);
+    }
+  }
+
+  /// Reads the ranks' sum of `phase`; after the last phase, sum += P^ Q^T and
+  /// own += P^ Q^T / world (as `aggregate`).
+  template <class T>
+  void phase_end(state<T>& s, std::size_t phase, std::span<const float> summed, std::span<T> own,
+                 std::span<T> sum, const round_context& ctx) const {
+    detail::require_size(name, "summed phase", summed.size(), phase_floats(s, phase));
+    for (const float f : summed) {
+      if (detail::not_finite_bits(f)) {
+        throw numeric_error(std::string("power_sgd: the summed ") + (phase % 2 == 0 ? "P" : "Q") +
+                            " is not finite (a rank's input is non-finite or overflows float32)");
+      }
+    }
+    const power_sgd_shape& sh = s.shape;
+    const std::size_t pr = sh.rows * sh.rank;
+    const std::size_t body = sh.rows * sh.cols;
+    if (sh.dense()) {
+      for (std::size_t i = 0; i < sh.remainder; ++i) sum[i] += static_cast<T>(summed[i]);
+      return;
+    }
+    if (phase % 2 == 0) {
+      if (phase == 0) {
+        for (std::size_t i = 0; i < sh.remainder; ++i)
+          sum[body + i] += static_cast<T>(summed[pr + i]);
+      }
+      for (std::size_t i = 0; i < pr; ++i) s.p[i] = static_cast<T>(summed[i]);
+      orthonormalise(s.p.data(), sh.rows, sh.rank);  // the same bits on every rank
+      return;
+    }
+    for (std::size_t i = 0; i < s.q.size(); ++i) s.q[i] = static_cast<T>(summed[i]);
+    if (phase + 1 < phases(s)) {
+      normalise_columns(s.q.data(), sh.cols, sh.rank);
+      return;
+    }
+    add_outer(sum.data(), sh, s.p.data(), s.q.data(), T(1));
+    add_outer(own.data(), sh, s.p.data(), s.q.data(), T(1) / static_cast<T>(ctx.world));
+    finish_round(s, s.q.data());
   }
 
  private:
