@@ -14,6 +14,7 @@
 #include <string_view>
 #include <vector>
 
+#include "command_line.hpp"
 #include "ecopt/ecopt.hpp"
 #include "fashion_mnist_data.hpp"
 
@@ -28,32 +29,19 @@ struct settings {
   double lr = 0.1;
 };
 
-settings parse(int argc, char** argv) {
-  settings s;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view arg = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw ecopt::invalid_argument(std::string(arg) + " needs a value");
-      return argv[++i];
-    };
-    if (arg == "--data") {
-      s.data = value();
-    } else if (arg == "--workers") {
-      s.workers = std::stoi(value());
-    } else if (arg == "--steps") {
-      s.steps = std::stoull(value());
-    } else if (arg == "--batch") {
-      s.batch = std::stoull(value());
-    } else if (arg == "--lr") {
-      s.lr = std::stod(value());
-    } else if (arg == "--seed") {
-      s.seed = std::stoull(value());
-    } else {
-      throw ecopt::invalid_argument("unknown argument " + std::string(arg) +
-                                    " (known: --data --workers --steps --batch --lr --seed)");
-    }
-  }
-  return s;
+/// Reads the command line into s; false after --help.
+bool parse(int argc, char** argv, settings& s) {
+  ecopt_examples::command_line cli(
+      "fashion_mnist",
+      "the ecopt demo: softmax regression on Fashion-MNIST on worker threads, "
+      "dense SGD against top-k 1 % + error feedback and QSGD");
+  cli.option("--data", s.data, "directory of the Fashion-MNIST IDX files")
+      .option("--workers", s.workers, "worker threads")
+      .option("--steps", s.steps, "training steps")
+      .option("--batch", s.batch, "samples per step and worker")
+      .option("--lr", s.lr, "SGD step size")
+      .option("--seed", s.seed, "seed of the sampling");
+  return cli.parse(argc, argv);
 }
 
 using dataset = ecopt_examples::fashion_mnist_data;
@@ -99,7 +87,8 @@ row train(std::string name, const Solver& solver, const dataset& data, const set
 }  // namespace
 
 int main(int argc, char** argv) try {
-  const settings s = parse(argc, argv);
+  settings s;
+  if (!parse(argc, argv, s)) return EXIT_SUCCESS;
   std::printf(
       "ecopt demo: softmax regression on Fashion-MNIST, %d worker threads, %llu steps, "
       "batch %zu per worker\n",

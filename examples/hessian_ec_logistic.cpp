@@ -60,6 +60,7 @@
 #include <utility>
 #include <vector>
 
+#include "command_line.hpp"
 #include "ecopt/ecopt.hpp"
 #include "ecopt/problems/full_batch.hpp"
 #include "fashion_mnist_data.hpp"
@@ -81,35 +82,18 @@ struct settings {
 
 settings parse(int argc, char** argv) {
   settings s;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view arg = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw ecopt::invalid_argument(std::string(arg) + " needs a value");
-      return argv[++i];
-    };
-    if (arg == "--heart") {
-      s.heart = value();
-    } else if (arg == "--fashion") {
-      s.fashion = value();
-    } else if (arg == "--heart-l2") {
-      s.heart_l2 = std::stod(value());
-    } else if (arg == "--fashion-l2") {
-      s.fashion_l2 = std::stod(value());
-    } else if (arg == "--gamma-times-L") {
-      s.gamma_times_l = std::stod(value());
-    } else if (arg == "--heart-rounds") {
-      s.heart_rounds = std::stoull(value());
-    } else if (arg == "--fashion-rounds") {
-      s.fashion_rounds = std::stoull(value());
-    } else if (arg == "--per-class") {
-      s.per_class = std::stol(value());
-    } else {
-      throw ecopt::invalid_argument(
-          "unknown argument " + std::string(arg) +
-          " (known: --heart --fashion --heart-l2 --fashion-l2 --gamma-times-L --heart-rounds "
-          "--fashion-rounds --per-class)");
-    }
-  }
+  ecopt_examples::command_line cli(
+      "hessian_ec_logistic",
+      "Hessian and diagonal error compensation on l2-logistic regression with real data (R2)");
+  cli.option("--heart", s.heart, "the heart_scale LIBSVM file")
+      .option("--fashion", s.fashion, "directory of the Fashion-MNIST IDX files")
+      .option("--heart-l2", s.heart_l2, "l2 coefficient on heart_scale (> 0)")
+      .option("--fashion-l2", s.fashion_l2, "l2 coefficient on Fashion-MNIST (> 0)")
+      .option("--gamma-times-L", s.gamma_times_l, "step size times the smoothness L, in (0, 2)")
+      .option("--heart-rounds", s.heart_rounds, "rounds on heart_scale (>= 10)")
+      .option("--fashion-rounds", s.fashion_rounds, "rounds on Fashion-MNIST (>= 10)")
+      .option("--per-class", s.per_class, "Fashion-MNIST images per class");
+  if (!cli.parse(argc, argv)) std::exit(EXIT_SUCCESS);
   if (!(s.heart_l2 > 0) || !(s.fashion_l2 > 0)) {
     throw ecopt::invalid_argument("--heart-l2 and --fashion-l2 must be > 0 (strong convexity)");
   }

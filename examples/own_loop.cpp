@@ -26,6 +26,7 @@
 #include <string_view>
 #include <vector>
 
+#include "command_line.hpp"
 #include "ecopt/ecopt.hpp"
 #include "ecopt/transports/tcp_transport.hpp"
 #include "fashion_mnist_data.hpp"
@@ -42,42 +43,27 @@ struct settings {
   std::filesystem::path data = ecopt_examples::fashion_mnist_default_dir;
 };
 
-settings parse(int argc, char** argv) {
-  settings s;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view arg = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw ecopt::invalid_argument(std::string(arg) + " needs a value");
-      return argv[++i];
-    };
-    if (arg == "--compressor") {
-      s.compressor = value();
-    } else if (arg == "--steps") {
-      s.steps = std::stoull(value());
-    } else if (arg == "--hidden") {
-      s.hidden = std::stol(value());
-    } else if (arg == "--batch") {
-      s.batch = std::stol(value());
-    } else if (arg == "--lr") {
-      s.lr = std::stod(value());
-    } else if (arg == "--seed") {
-      s.seed = std::stoull(value());
-    } else if (arg == "--data") {
-      s.data = value();
-    } else {
-      throw ecopt::invalid_argument(
-          "unknown argument " + std::string(arg) +
-          " (known: --compressor --steps --hidden --batch --lr --seed --data)");
-    }
+/// Reads the command line into s; false after --help.
+bool parse(int argc, char** argv, settings& s) {
+  ecopt_examples::command_line cli(
+      "own_loop",
+      "an MLP trained by a loop of your own through ecopt::gradient_exchange, one "
+      "process per worker (start it with scripts/ecopt-launch)");
+  cli.choice("--compressor", s.compressor,
+             {"power_sgd", "top_k", "dense", "top_k_global", "power_sgd_whole"},
+             "per-layer PowerSGD rank 4, per-layer top-k 1 %, dense, global top-k 1 %, or "
+             "PowerSGD of the whole vector as one matrix")
+      .option("--steps", s.steps, "training steps")
+      .option("--hidden", s.hidden, "width of the hidden layer")
+      .option("--batch", s.batch, "samples per step and worker")
+      .option("--lr", s.lr, "Nesterov step size (momentum 0.9)")
+      .option("--seed", s.seed, "seed of the initialisation and the sampling")
+      .option("--data", s.data, "directory of the Fashion-MNIST IDX files");
+  if (!cli.parse(argc, argv)) return false;
+  if (s.hidden < 1 || s.batch < 1) {
+    throw ecopt::invalid_argument("--hidden and --batch must be at least 1");
   }
-  constexpr std::string_view known[] = {"power_sgd", "top_k", "dense", "top_k_global",
-                                        "power_sgd_whole"};
-  if (std::find(std::begin(known), std::end(known), s.compressor) == std::end(known)) {
-    throw ecopt::invalid_argument(
-        "--compressor " + s.compressor +
-        ": expected power_sgd, top_k, dense, top_k_global or power_sgd_whole");
-  }
-  return s;
+  return true;
 }
 
 /// The user's model: 784 -> hidden (ReLU) -> 10, softmax cross-entropy. Its
@@ -258,7 +244,8 @@ int train(const settings& s, Compressor compressor, const ecopt_examples::fashio
 }  // namespace
 
 int main(int argc, char** argv) try {
-  const settings s = parse(argc, argv);
+  settings s;
+  if (!parse(argc, argv, s)) return EXIT_SUCCESS;
   const auto data = ecopt_examples::load_fashion_mnist(s.data);
   ecopt::tcp_transport transport(ecopt::tcp_options::from_environment());
   perceptron net(s.hidden);

@@ -32,6 +32,7 @@
 #include <utility>
 #include <vector>
 
+#include "command_line.hpp"
 #include "ecopt/compensators/error_feedback.hpp"
 #include "ecopt/compensators/no_compensation.hpp"
 #include "ecopt/compressors/no_compression.hpp"
@@ -61,37 +62,18 @@ struct settings {
 
 settings parse(int argc, char** argv) {
   settings s;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view arg = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw ecopt::invalid_argument(std::string(arg) + " needs a value");
-      return argv[++i];
-    };
-    if (arg == "--data") {
-      s.data = value();
-    } else if (arg == "--workers") {
-      s.workers = std::stoi(value());
-    } else if (arg == "--convex-steps") {
-      s.convex_steps = std::stoull(value());
-    } else if (arg == "--mlp-steps") {
-      s.mlp_steps = std::stoull(value());
-    } else if (arg == "--batch") {
-      s.batch = std::stoull(value());
-    } else if (arg == "--convex-lr") {
-      s.convex_lr = std::stod(value());
-    } else if (arg == "--mlp-lr") {
-      s.mlp_lr = std::stod(value());
-    } else if (arg == "--hidden") {
-      s.hidden = std::stoull(value());
-    } else if (arg == "--seed") {
-      s.seed = std::stoull(value());
-    } else {
-      throw ecopt::invalid_argument(
-          "unknown argument " + std::string(arg) +
-          " (known: --data --workers --convex-steps --mlp-steps --batch --convex-lr --mlp-lr "
-          "--hidden --seed)");
-    }
-  }
+  ecopt_examples::command_line cli("topk_memory",
+                                   "top-k SGD with and without error memory, convex and MLP (R4)");
+  cli.option("--data", s.data, "directory of the Fashion-MNIST IDX files")
+      .option("--workers", s.workers, "worker threads")
+      .option("--convex-steps", s.convex_steps, "steps of the convex runs (>= 4)")
+      .option("--mlp-steps", s.mlp_steps, "steps of the MLP runs (>= 4)")
+      .option("--batch", s.batch, "samples per step and worker")
+      .option("--convex-lr", s.convex_lr, "step size of the convex runs")
+      .option("--mlp-lr", s.mlp_lr, "step size of the MLP runs")
+      .option("--hidden", s.hidden, "width of the MLP's hidden layer")
+      .option("--seed", s.seed, "seed");
+  if (!cli.parse(argc, argv)) std::exit(EXIT_SUCCESS);
   if (s.convex_steps < 4 || s.mlp_steps < 4) {
     throw ecopt::invalid_argument("--convex-steps and --mlp-steps must be at least 4");
   }

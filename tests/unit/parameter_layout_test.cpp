@@ -5,12 +5,14 @@
 #include <Eigen/Core>
 #include <cstddef>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ecopt/error.hpp"
 #include "ecopt/parameter_layout.hpp"
 #include "ecopt/problems/mlp.hpp"
 #include "ecopt/problems/softmax_regression.hpp"
+#include "support/messages.hpp"
 
 // Everything of this file lives in its own namespace, so that test files can share a
 // translation unit (the unity build in tests/CMakeLists.txt).
@@ -18,17 +20,11 @@ namespace parameter_layout_test {
 
 namespace {
 
-std::string invalid_message(auto&& f) {
-  try {
-    f();
-  } catch (const ecopt::invalid_argument& e) {
-    return e.what();
-  }
-  return "";
-}
+using ecopt::test::contains;
 
-bool contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
+template <class F>
+std::string invalid_message(F&& f) {
+  return ecopt::test::message_of<ecopt::invalid_argument>(std::forward<F>(f));
 }
 
 }  // namespace
