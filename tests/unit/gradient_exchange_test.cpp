@@ -14,6 +14,7 @@
 
 #include "ecopt/bit_writer.hpp"
 #include "ecopt/compensators/error_feedback.hpp"
+#include "ecopt/compressors/global_top_k.hpp"
 #include "ecopt/compressors/per_block.hpp"
 #include "ecopt/compressors/power_sgd.hpp"
 #include "ecopt/compressors/qsgd.hpp"
@@ -90,6 +91,31 @@ TEST_CASE("per_block over one block is the compressor itself, bit for bit") {
       .compressor = {.ratio = 0.1}, .dense_below = 0, .min_gain = 0};
   CHECK(exchange_rounds(one_rand, d, 2, 2) ==
         exchange_rounds(ecopt::rand_k{.ratio = 0.1}, d, 2, 2));
+}
+
+TEST_CASE("per_block runs a compressor's own exchange block by block (gTop-k)") {
+  constexpr std::size_t d = 600;
+  const ecopt::per_block<ecopt::global_top_k> one{
+      .compressor = {.ratio = 0.05}, .dense_below = 0, .min_gain = 0};
+  CHECK(exchange_rounds(one, d, 3, 3, ecopt::error_feedback{}) ==
+        exchange_rounds(ecopt::global_top_k{.ratio = 0.05}, d, 3, 3, ecopt::error_feedback{}));
+  // Two compressed blocks and a dense one between them: every rank gets the same
+  // direction, and the dense block is the exact mean.
+  ecopt::parameter_layout layout;
+  layout.add_vector("a", 300).add_vector("bias", 20).add_vector("c", 280);
+  const ecopt::per_block<ecopt::global_top_k> split{
+      .compressor = {.ratio = 0.05}, .layout = layout, .dense_below = 32};
+  const auto directions = exchange_rounds(split, d, 3, 1);
+  CHECK(directions[1] == directions[0]);
+  CHECK(directions[2] == directions[0]);
+  for (std::size_t j = 300; j < 320; ++j) {
+    double mean = 0;
+    for (int r = 0; r < 3; ++r) mean += gaussian(d, static_cast<std::uint64_t>(r))[j] / 3.0;
+    CHECK(directions[0][j] == doctest::Approx(mean).epsilon(1e-6));
+  }
+  std::size_t nonzero = 0;
+  for (std::size_t j = 0; j < 300; ++j) nonzero += directions[0][j] != 0.0f ? 1 : 0;
+  CHECK(nonzero == 15);  // gTop-k keeps k = 5 % of the block's 300 entries
 }
 
 TEST_CASE("per_block sends small blocks and blocks the compressor cannot shrink dense") {
