@@ -5,11 +5,13 @@
 // non-zero when an acceptance target of the foundation issue is missed.
 //
 //   fashion_mnist [--data DIR] [--workers N] [--steps N] [--batch N] [--lr X] [--seed N]
+//                 [--csv FILE]   (--help lists them)
 #include <Eigen/Core>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -27,6 +29,7 @@ struct settings {
   std::size_t batch = 64;
   std::uint64_t seed = 1;
   double lr = 0.1;
+  std::filesystem::path csv;  // empty: no result file
 };
 
 /// Reads the command line into s; false after --help.
@@ -40,7 +43,9 @@ bool parse(int argc, char** argv, settings& s) {
       .option("--steps", s.steps, "training steps")
       .option("--batch", s.batch, "samples per step and worker")
       .option("--lr", s.lr, "SGD step size")
-      .option("--seed", s.seed, "seed of the sampling");
+      .option("--seed", s.seed, "seed of the sampling")
+      .option("--csv", s.csv,
+              "also write every run's loss and bits per evaluation to this CSV file");
   return cli.parse(argc, argv);
 }
 
@@ -52,6 +57,7 @@ struct row {
   std::uint64_t bits = 0;  // summed over workers, as carried by the transport
   double seconds = 0;
   double final_loss = 0;
+  ecopt::run_report report;  // rank 0's
 };
 
 constexpr int classes = 10;
@@ -81,7 +87,10 @@ row train(std::string name, const Solver& solver, const dataset& data, const set
   return {std::move(name),
           ecopt::softmax_regression<float>::accuracy(model, data.test_images, data.test_labels,
                                                      classes, true),
-          reports[0].total_wire_bits(), seconds, reports[0].final_loss()};
+          reports[0].total_wire_bits(),
+          seconds,
+          reports[0].final_loss(),
+          reports[0]};
 }
 
 }  // namespace
@@ -113,6 +122,14 @@ int main(int argc, char** argv) try {
       train("qsgd s=4",
             ecopt::solver{ecopt::qsgd{.levels = 4}, ecopt::no_compensation{}, ecopt::sgd{.lr = lr}},
             data, s));
+
+  if (!s.csv.empty()) {
+    std::ofstream out(s.csv);
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      ecopt::write_csv(out, rows[i].report, rows[i].name, i == 0);
+    }
+    if (!out) throw ecopt::invalid_argument("--csv: cannot write " + s.csv.string());
+  }
 
   const double dense_bits = static_cast<double>(rows[0].bits);
   std::printf("\n%-28s %13s %14s %14s %10s %10s\n", "compressor", "test accuracy", "bits sent",

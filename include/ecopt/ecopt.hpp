@@ -31,6 +31,7 @@
 #include "ecopt/problems/quadratic.hpp"
 #include "ecopt/problems/shard.hpp"
 #include "ecopt/problems/softmax_regression.hpp"
+#include "ecopt/report_files.hpp"
 #include "ecopt/round_context.hpp"
 #include "ecopt/run_report.hpp"
 #include "ecopt/solver.hpp"
