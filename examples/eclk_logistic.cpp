@@ -46,11 +46,13 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <limits>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "command_line.hpp"
 #include "ecopt/compensators/error_feedback.hpp"
 #include "ecopt/compressors/rand_k.hpp"
 #include "ecopt/compressors/top_k.hpp"
@@ -332,19 +334,20 @@ void rows(const dataset& data, int world, const char* compressor_name, const C& 
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  const std::uint64_t budget = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 30000;
-  if (budget < 10) {
-    std::fprintf(stderr, "usage: eclk_logistic [max_rounds >= 10 [libsvm_file [l2 > 0]]]\n");
-    return 2;
-  }
-  const double libsvm_l2 = argc > 3 ? std::strtod(argv[3], nullptr) : 1e-3;
-  if (!(libsvm_l2 > 0)) {
-    std::fprintf(stderr, "usage: eclk_logistic [max_rounds [libsvm_file [l2 > 0]]]\n");
-    return 2;
-  }
-  const dataset data =
-      argc > 2 ? from_libsvm(argv[2], libsvm_l2) : synthetic(40, 4000, 1.5, 1e-5, 3);
+int main(int argc, char** argv) try {
+  std::uint64_t budget = 30000;
+  std::string libsvm_file;
+  double libsvm_l2 = 1e-3;
+  ecopt_examples::command_line cli(
+      "eclk_logistic", "ECLK against EC-GD, EC-SGD and EC-L-SVRG on l2-logistic regression (R3)");
+  cli.option("--max-rounds", budget, "round budget of each method (>= 10)")
+      .option("--libsvm", libsvm_file, "a LIBSVM file instead of the synthetic data")
+      .option("--l2", libsvm_l2, "l2 coefficient for the LIBSVM data (> 0)");
+  if (!cli.parse(argc, argv)) return 0;
+  if (budget < 10) throw ecopt::invalid_argument("--max-rounds must be at least 10");
+  if (!(libsvm_l2 > 0)) throw ecopt::invalid_argument("--l2 must be > 0");
+  const dataset data = !libsvm_file.empty() ? from_libsvm(libsvm_file.c_str(), libsvm_l2)
+                                            : synthetic(40, 4000, 1.5, 1e-5, 3);
   const auto d = static_cast<std::size_t>(data.a.rows());
   const std::size_t k = std::max<std::size_t>(1, d / 10);
   const double delta = static_cast<double>(k) / static_cast<double>(d);
@@ -362,4 +365,7 @@ int main(int argc, char** argv) {
     rows(data, world, "rand_k", ecopt::rand_k_unscaled{.k = k}, delta, budget);
   }
   return 0;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "eclk_logistic: %s\n", e.what());
+  return 2;
 }

@@ -18,9 +18,11 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <string>
 #include <vector>
 
+#include "command_line.hpp"
 #include "ecopt/ecopt.hpp"
 #include "ecopt/problems/conditioned_least_squares.hpp"
 
@@ -120,14 +122,21 @@ void table(const char* title, const ecopt::conditioned_least_squares& s, std::ui
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  const std::uint64_t steps = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 20000;
-  const double grid_step = argc > 2 ? std::strtod(argv[2], nullptr) : 1e-2;
-  const double gamma_times_l = argc > 3 ? std::strtod(argv[3], nullptr) : 1.0;
+int main(int argc, char** argv) try {
+  std::uint64_t steps = 20000;
+  double grid_step = 1e-2;
+  double gamma_times_l = 1.0;
+  ecopt_examples::command_line cli(
+      "hessian_ec_quadratic",
+      "Hessian-aided error compensation on an ill-conditioned quadratic (R1)");
+  cli.option("--steps", steps, "steps of each run (>= 5)")
+      .option("--grid-step", grid_step, "step of the rounding grid (> 0)")
+      .option("--gamma-times-L", gamma_times_l, "step size times the smoothness L, in (0, 2)");
+  if (!cli.parse(argc, argv)) return 0;
   if (steps < 5 || !(grid_step > 0) || !(gamma_times_l > 0 && gamma_times_l < 2)) {
     std::fprintf(stderr,
-                 "usage: hessian_ec_quadratic [steps >= 5 [grid_step > 0 [gamma_times_L in "
-                 "(0, 2)]]]\n");
+                 "hessian_ec_quadratic: --steps >= 5, --grid-step > 0, --gamma-times-L in "
+                 "(0, 2)\n");
     return 2;
   }
   // d = 50, eigenvalues log-spaced over [1, 1e3] (condition number 1e3), m = 4d samples.
@@ -141,4 +150,7 @@ int main(int argc, char** argv) {
                                               {.samples = 200, .rotate = false, .seed = 1}),
         steps, grid_step, gamma_times_l);
   return 0;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "hessian_ec_quadratic: %s\n", e.what());
+  return 2;
 }

@@ -24,9 +24,11 @@
 #include <Eigen/Core>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <string>
 #include <vector>
 
+#include "command_line.hpp"
 #include "ecopt/ecopt.hpp"
 #include "ecopt/transports/simulated_transport.hpp"
 
@@ -111,13 +113,16 @@ void rows(const setup& s, const char* name, const Solver& solver) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
   setup s;
-  if (argc > 1) s.workers = std::atoi(argv[1]);
-  if (argc > 2) s.d = std::atol(argv[2]);
-  if (argc > 3) s.max_steps = std::strtoull(argv[3], nullptr, 10);
+  ecopt_examples::command_line cli("network_model",
+                                   "bits and modelled time on simulated 1 and 100 Gbit/s networks");
+  cli.option("--workers", s.workers, "worker threads (>= 1)")
+      .option("--dimension", s.d, "problem dimension (>= 1)")
+      .option("--max-steps", s.max_steps, "step budget of each run (>= 1)");
+  if (!cli.parse(argc, argv)) return 0;
   if (s.workers < 1 || s.d < 1 || s.max_steps < 1) {
-    std::fprintf(stderr, "usage: network_model [workers >= 1 [dimension >= 1 [max_steps >= 1]]]\n");
+    std::fprintf(stderr, "network_model: --workers, --dimension and --max-steps must be >= 1\n");
     return 2;
   }
   // Noiseless least squares, 8 samples per coordinate: the optimum has loss
@@ -155,4 +160,7 @@ int main(int argc, char** argv) {
       "\ncomm. time: modelled communication time of rank 0 until the evaluation that met the\n"
       "target (evaluations themselves not charged); kbit: per worker, to the same point.\n");
   return 0;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "network_model: %s\n", e.what());
+  return 2;
 }

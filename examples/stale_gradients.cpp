@@ -32,10 +32,12 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <numbers>
 #include <string>
 #include <vector>
 
+#include "command_line.hpp"
 #include "ecopt/ecopt.hpp"
 #include "ecopt/optimizers/delayed_step_size.hpp"
 #include "ecopt/problems/conditioned_least_squares.hpp"
@@ -242,11 +244,16 @@ std::vector<outcome> print_stability(const instance& s, double target_gap) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  const double target_gap = argc > 1 ? std::strtod(argv[1], nullptr) : 1e-6;
-  const double condition = argc > 2 ? std::strtod(argv[2], nullptr) : 100.0;
+int main(int argc, char** argv) try {
+  double target_gap = 1e-6;
+  double condition = 100.0;
+  ecopt_examples::command_line cli(
+      "stale_gradients", "compressed gradients with bounded delays and the delay-aware step (R5)");
+  cli.option("--target-gap", target_gap, "relative suboptimality to reach, in (0, 1)")
+      .option("--condition", condition, "condition number of the quadratic, in [1, 1e4]");
+  if (!cli.parse(argc, argv)) return 0;
   if (!(target_gap > 0 && target_gap < 1) || !(condition >= 1 && condition <= 1e4)) {
-    std::fprintf(stderr, "usage: stale_gradients [target_gap in (0, 1) [condition in [1, 1e4]]]\n");
+    std::fprintf(stderr, "stale_gradients: --target-gap in (0, 1), --condition in [1, 1e4]\n");
     return 2;
   }
   constexpr std::size_t d = 50;
@@ -309,4 +316,7 @@ int main(int argc, char** argv) {
           : 0.0,
       fewest_bits->label.c_str(), fewest_bits->megabits[0], dense.megabits[0]);
   return 0;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "stale_gradients: %s\n", e.what());
+  return 2;
 }
