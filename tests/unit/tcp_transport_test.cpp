@@ -265,6 +265,95 @@ TEST_SUITE("tcp_transport") {
     for (const char* n : names) ::unsetenv(n);
   }
 
+  TEST_CASE("tcp_options::from_environment understands torchrun, Slurm, Open MPI and PMI") {
+    const char* names[] = {"ECOPT_RANK",
+                           "ECOPT_WORLD_SIZE",
+                           "ECOPT_ADDR",
+                           "ECOPT_PORT",
+                           "RANK",
+                           "WORLD_SIZE",
+                           "MASTER_ADDR",
+                           "MASTER_PORT",
+                           "SLURM_PROCID",
+                           "SLURM_NTASKS",
+                           "SLURM_JOB_NODELIST",
+                           "SLURM_NODELIST",
+                           "OMPI_COMM_WORLD_RANK",
+                           "OMPI_COMM_WORLD_SIZE",
+                           "PMI_RANK",
+                           "PMI_SIZE"};
+    auto clear = [&] {
+      for (const char* n : names) ::unsetenv(n);
+    };
+    auto message = [] {
+      try {
+        (void)tcp_options::from_environment();
+      } catch (const ecopt::invalid_argument& e) {
+        return std::string(e.what());
+      }
+      return std::string("accepted");
+    };
+    clear();
+
+    // torchrun
+    ::setenv("RANK", "3", 1);
+    ::setenv("WORLD_SIZE", "4", 1);
+    ::setenv("MASTER_ADDR", "10.1.2.3", 1);
+    ::setenv("MASTER_PORT", "29400", 1);
+    tcp_options o = tcp_options::from_environment();
+    CHECK(o.rank == 3);
+    CHECK(o.world_size == 4);
+    CHECK(o.address == "10.1.2.3:29400");
+    ::setenv("ECOPT_ADDR", "10.9.9.9:7", 1);  // ECOPT_ADDR wins
+    CHECK(tcp_options::from_environment().address == "10.9.9.9:7");
+    ::unsetenv("ECOPT_ADDR");
+    ::unsetenv("MASTER_PORT");
+    CHECK(contains(message(), "MASTER_ADDR is set but MASTER_PORT is not (torchrun)"));
+    ::unsetenv("MASTER_ADDR");
+    CHECK(contains(message(), "started by torchrun as rank 3 of 4"));
+    CHECK(contains(message(), "ECOPT_ADDR"));
+    ::setenv("ECOPT_RANK", "1", 1);  // ECOPT_* wins over torchrun
+    ::setenv("ECOPT_WORLD_SIZE", "2", 1);
+    CHECK(tcp_options::from_environment().rank == 1);
+    clear();
+
+    // Slurm: rank 0 on the first node of the list
+    ::setenv("SLURM_PROCID", "5", 1);
+    ::setenv("SLURM_NTASKS", "8", 1);
+    ::setenv("SLURM_JOB_NODELIST", "node[07-09,12],gpu1", 1);
+    o = tcp_options::from_environment();
+    CHECK(o.rank == 5);
+    CHECK(o.world_size == 8);
+    CHECK(o.address == "node07:29500");
+    ::setenv("ECOPT_PORT", "1234", 1);
+    CHECK(tcp_options::from_environment().address == "node07:1234");
+    ::setenv("SLURM_JOB_NODELIST", "login2", 1);
+    CHECK(tcp_options::from_environment().address == "login2:1234");
+    ::unsetenv("SLURM_NTASKS");
+    CHECK(contains(message(), "SLURM_PROCID is set but SLURM_NTASKS is not (Slurm)"));
+    clear();
+
+    // Open MPI and PMI name no address: several ranks need ECOPT_ADDR
+    ::setenv("OMPI_COMM_WORLD_RANK", "0", 1);
+    ::setenv("OMPI_COMM_WORLD_SIZE", "4", 1);
+    CHECK(contains(message(), "started by Open MPI as rank 0 of 4, which names no address"));
+    ::setenv("ECOPT_ADDR", "head:5000", 1);
+    o = tcp_options::from_environment();
+    CHECK(o.world_size == 4);
+    CHECK(o.address == "head:5000");
+    clear();
+    ::setenv("PMI_RANK", "0", 1);
+    ::setenv("PMI_SIZE", "1", 1);  // one rank needs no address
+    CHECK(tcp_options::from_environment().world_size == 1);
+    ::setenv("PMI_SIZE", "x", 1);
+    CHECK(contains(message(), "PMI_SIZE='x'"));
+    clear();
+
+    CHECK(ecopt::detail::first_slurm_host("a[001-003]") == "a001");
+    CHECK(ecopt::detail::first_slurm_host("rack1-n[5,7]-ib") == "rack1-n5-ib");
+    CHECK_THROWS_AS((void)ecopt::detail::first_slurm_host("bad[1-2"), ecopt::invalid_argument);
+  }
+
   TEST_CASE("take_pooled prefers a buffer that needs no zero-fill, then the tightest capacity") {
     using pool_type = std::vector<std::vector<std::byte>>;
     auto buffer = [](std::size_t size, std::size_t capacity) {

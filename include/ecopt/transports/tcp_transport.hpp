@@ -87,6 +87,7 @@
 
 #include "ecopt/error.hpp"
 #include "ecopt/transport.hpp"
+#include "ecopt/transports/detail/launcher_environment.hpp"
 #include "ecopt/transports/detail/tcp_rendezvous.hpp"
 #include "ecopt/transports/detail/tcp_wire.hpp"
 
@@ -168,27 +169,37 @@ struct tcp_options {
     }
   }
 
-  /// Options from the environment (as set by scripts/ecopt-launch):
-  ///   ECOPT_RANK, ECOPT_WORLD_SIZE  both or neither (neither: a world of one)
+  /// Options from the environment (as set by scripts/ecopt-launch, or by
+  /// torchrun, Slurm, Open MPI or PMI: detail/launcher_environment.hpp):
+  ///   ECOPT_RANK, ECOPT_WORLD_SIZE  both or neither (neither and no other
+  ///                       launcher's variables: a world of one)
   ///   ECOPT_ADDR          rank 0's host:port, or a comma-separated host list
+  ///                       (overrides MASTER_ADDR:MASTER_PORT and Slurm's first node)
+  ///   ECOPT_PORT          the port on Slurm's first node (default 29500)
   ///   ECOPT_LISTEN_HOST   listen_host;  ECOPT_JOB_TOKEN  job_token
   ///   ECOPT_TIMEOUT_MS, ECOPT_CONNECT_TIMEOUT_MS, ECOPT_MAX_MESSAGE_BYTES
   ///   ECOPT_PORT_FILE     port_file (rank 0)
   /// Throws invalid_argument naming the variable when one is malformed.
   [[nodiscard]] static tcp_options from_environment() {
     tcp_options o;
-    const char* rank = std::getenv("ECOPT_RANK");
-    const char* world = std::getenv("ECOPT_WORLD_SIZE");
-    if ((rank == nullptr) != (world == nullptr)) {
-      throw invalid_argument(std::string(rank ? "ECOPT_RANK" : "ECOPT_WORLD_SIZE") +
-                             " is set but " + (rank ? "ECOPT_WORLD_SIZE" : "ECOPT_RANK") +
-                             " is not");
+    const auto launched = detail::find_launcher_world();
+    if (launched) {
+      o.rank = static_cast<int>(
+          env_integer(launched->rank_name.c_str(), launched->rank_text.c_str(), 0, 1 << 24));
+      o.world_size = static_cast<int>(
+          env_integer(launched->world_name.c_str(), launched->world_text.c_str(), 1, 1 << 24));
+      if (launched->address) o.address = *launched->address;
     }
-    if (rank != nullptr) {
-      o.rank = static_cast<int>(env_integer("ECOPT_RANK", rank, 0, 1 << 24));
-      o.world_size = static_cast<int>(env_integer("ECOPT_WORLD_SIZE", world, 1, 1 << 24));
+    const char* addr = std::getenv("ECOPT_ADDR");
+    const bool have_addr = addr != nullptr && *addr != '\0';
+    // (ECOPT_* alone keeps the default address: rank 0 may pick its port.)
+    if (launched && launched->launcher != "ECOPT_*" && !have_addr && !launched->address &&
+        o.world_size > 1) {
+      throw invalid_argument("started by " + launched->launcher + " as rank " +
+                             std::to_string(o.rank) + " of " + std::to_string(o.world_size) +
+                             ", which names no address for rank 0: set ECOPT_ADDR=host:port");
     }
-    if (const char* addr = std::getenv("ECOPT_ADDR"); addr != nullptr && *addr != '\0') {
+    if (have_addr) {
       const std::string_view text(addr);
       if (text.find(',') != std::string_view::npos) {
         std::size_t start = 0;
