@@ -201,6 +201,16 @@ TEST_SUITE("tcp_transport") {
     CHECK_THROWS_AS(tcp_transport({.rank = -1}), ecopt::invalid_argument);
   }
 
+  /// What from_environment refuses the current environment with ("accepted" if nothing).
+  std::string environment_refusal() {
+    try {
+      (void)tcp_options::from_environment();
+    } catch (const ecopt::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  }
+
   TEST_CASE("tcp_options::from_environment reads the ECOPT_* variables") {
     const char* names[] = {"ECOPT_RANK",
                            "ECOPT_WORLD_SIZE",
@@ -241,27 +251,19 @@ TEST_SUITE("tcp_transport") {
     o = tcp_options::from_environment();
     CHECK(o.hosts == std::vector<std::string>{"a:1", "b:2", "c:3", "d:4"});
 
-    auto message = [] {
-      try {
-        (void)tcp_options::from_environment();
-      } catch (const ecopt::invalid_argument& e) {
-        return std::string(e.what());
-      }
-      return std::string("accepted");
-    };
     ::setenv("ECOPT_RANK", "two", 1);
-    CHECK(contains(message(), "ECOPT_RANK='two'"));
+    CHECK(contains(environment_refusal(), "ECOPT_RANK='two'"));
     ::setenv("ECOPT_RANK", "4", 1);
-    CHECK(contains(message(), "rank 4"));
+    CHECK(contains(environment_refusal(), "rank 4"));
     ::setenv("ECOPT_RANK", "1", 1);
     ::setenv("ECOPT_PAYLOAD_CHECKSUM", "yes", 1);
-    CHECK(contains(message(), "ECOPT_PAYLOAD_CHECKSUM='yes'"));
+    CHECK(contains(environment_refusal(), "ECOPT_PAYLOAD_CHECKSUM='yes'"));
     ::unsetenv("ECOPT_PAYLOAD_CHECKSUM");
     ::setenv("ECOPT_TIMEOUT_MS", "0", 1);
-    CHECK(contains(message(), "ECOPT_TIMEOUT_MS"));
+    CHECK(contains(environment_refusal(), "ECOPT_TIMEOUT_MS"));
     ::unsetenv("ECOPT_TIMEOUT_MS");
     ::unsetenv("ECOPT_WORLD_SIZE");
-    CHECK(contains(message(), "ECOPT_RANK is set but ECOPT_WORLD_SIZE is not"));
+    CHECK(contains(environment_refusal(), "ECOPT_RANK is set but ECOPT_WORLD_SIZE is not"));
     for (const char* n : names) ::unsetenv(n);
   }
 
@@ -285,14 +287,6 @@ TEST_SUITE("tcp_transport") {
     auto clear = [&] {
       for (const char* n : names) ::unsetenv(n);
     };
-    auto message = [] {
-      try {
-        (void)tcp_options::from_environment();
-      } catch (const ecopt::invalid_argument& e) {
-        return std::string(e.what());
-      }
-      return std::string("accepted");
-    };
     clear();
 
     // torchrun
@@ -308,10 +302,10 @@ TEST_SUITE("tcp_transport") {
     CHECK(tcp_options::from_environment().address == "10.9.9.9:7");
     ::unsetenv("ECOPT_ADDR");
     ::unsetenv("MASTER_PORT");
-    CHECK(contains(message(), "MASTER_ADDR is set but MASTER_PORT is not (torchrun)"));
+    CHECK(contains(environment_refusal(), "MASTER_ADDR is set but MASTER_PORT is not (torchrun)"));
     ::unsetenv("MASTER_ADDR");
-    CHECK(contains(message(), "started by torchrun as rank 3 of 4"));
-    CHECK(contains(message(), "ECOPT_ADDR"));
+    CHECK(contains(environment_refusal(), "started by torchrun as rank 3 of 4"));
+    CHECK(contains(environment_refusal(), "ECOPT_ADDR"));
     ::setenv("ECOPT_RANK", "1", 1);  // ECOPT_* wins over torchrun
     ::setenv("ECOPT_WORLD_SIZE", "2", 1);
     CHECK(tcp_options::from_environment().rank == 1);
@@ -330,13 +324,14 @@ TEST_SUITE("tcp_transport") {
     ::setenv("SLURM_JOB_NODELIST", "login2", 1);
     CHECK(tcp_options::from_environment().address == "login2:1234");
     ::unsetenv("SLURM_NTASKS");
-    CHECK(contains(message(), "SLURM_PROCID is set but SLURM_NTASKS is not (Slurm)"));
+    CHECK(contains(environment_refusal(), "SLURM_PROCID is set but SLURM_NTASKS is not (Slurm)"));
     clear();
 
     // Open MPI and PMI name no address: several ranks need ECOPT_ADDR
     ::setenv("OMPI_COMM_WORLD_RANK", "0", 1);
     ::setenv("OMPI_COMM_WORLD_SIZE", "4", 1);
-    CHECK(contains(message(), "started by Open MPI as rank 0 of 4, which names no address"));
+    CHECK(contains(environment_refusal(),
+                   "started by Open MPI as rank 0 of 4, which names no address"));
     ::setenv("ECOPT_ADDR", "head:5000", 1);
     o = tcp_options::from_environment();
     CHECK(o.world_size == 4);
@@ -346,7 +341,7 @@ TEST_SUITE("tcp_transport") {
     ::setenv("PMI_SIZE", "1", 1);  // one rank needs no address
     CHECK(tcp_options::from_environment().world_size == 1);
     ::setenv("PMI_SIZE", "x", 1);
-    CHECK(contains(message(), "PMI_SIZE='x'"));
+    CHECK(contains(environment_refusal(), "PMI_SIZE='x'"));
     clear();
 
     CHECK(ecopt::detail::first_slurm_host("a[001-003]") == "a001");

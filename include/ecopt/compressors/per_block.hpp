@@ -251,18 +251,14 @@ struct per_block {
 
   [[nodiscard]] std::size_t summable_size(std::size_t dim) const requires
       SummableCompressor<C, float> {
-    std::size_t n = 0;
-    for (const planned_block& b : plan(dim)) {
-      n += b.dense ? b.block.size() : b.compressor.summable_size(b.block.size());
-    }
-    return n;
+    return summed_floats(plan(dim));
   }
 
   template <class T>
   void encode_summable(std::span<const T> x, state<T>& s, std::span<float> buf,
                        const round_context& ctx) const requires SummableCompressor<C, T> {
     detail::require_size(name, "input", x.size(), s.dim);
-    detail::require_size(name, "summable buffer", buf.size(), summed_size(s));
+    detail::require_size(name, "summable buffer", buf.size(), summed_floats(s.blocks));
     std::size_t at = 0;
     for (std::size_t i = 0; i < s.blocks.size(); ++i) {
       const planned_block& b = s.blocks[i];
@@ -286,7 +282,7 @@ struct per_block {
   void decode_summed(std::span<const float> summed, state<T>& s, std::span<T> out, T scale,
                      const round_context& ctx) const requires SummableCompressor<C, T> {
     detail::require_size(name, "output", out.size(), s.dim);
-    detail::require_size(name, "summed buffer", summed.size(), summed_size(s));
+    detail::require_size(name, "summed buffer", summed.size(), summed_floats(s.blocks));
     std::size_t at = 0;
     for (std::size_t i = 0; i < s.blocks.size(); ++i) {
       const planned_block& b = s.blocks[i];
@@ -303,10 +299,10 @@ struct per_block {
     }
   }
 
-  template <class T>
-  [[nodiscard]] static std::size_t summed_size(const state<T>& s) {
+  /// Floats of the summable buffer of these blocks.
+  [[nodiscard]] static std::size_t summed_floats(const std::vector<planned_block>& blocks) {
     std::size_t n = 0;
-    for (const planned_block& b : s.blocks) {
+    for (const planned_block& b : blocks) {
       n += b.dense ? b.block.size() : b.compressor.summable_size(b.block.size());
     }
     return n;
