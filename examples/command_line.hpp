@@ -1,7 +1,7 @@
 #pragma once
 // The example programs' command lines: one flag syntax (`--name value` or
-// `--name=value`), `--help` on every program, and errors that name the flag and
-// what it accepts. Each option writes into the caller's variable, whose value
+// `--name=value`; a true|false switch alone means true), `--help` on every program, and errors that
+// name the flag and what it accepts. Each option writes into the caller's variable, whose value
 // before parsing is the default shown by --help.
 //
 //   ecopt_examples::command_line cli("own_loop", "Train an MLP with your own loop.");
@@ -83,6 +83,11 @@ class command_line {
         for (const entry& e : options_) known += " " + e.name;
         throw ecopt::invalid_argument(program_ + ": unknown argument '" + arg +
                                       "' (known:" + known + " --help)");
+      }
+      if (!has_text && match->kind == "true|false" &&
+          (i + 1 >= argc || std::string_view(argv[i + 1]).starts_with("--"))) {
+        text = "true";  // a switch given alone
+        has_text = true;
       }
       if (!has_text) {
         if (i + 1 >= argc) {

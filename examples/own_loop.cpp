@@ -10,8 +10,9 @@
 //         power_sgd_whole (the whole vector as one matrix, for comparison)
 //
 // Each process trains on its own shard of Fashion-MNIST; all end with the same
-// model. Rank 0 prints the test accuracy, the bits each layer sent per round,
-// and the wall time.
+// model. --checkpoint PREFIX --checkpoint-at K saves a checkpoint at step K and
+// resumes from it; --resume starts a new job from one. Rank 0 prints the test accuracy, the bits
+// each layer sent per round, and the wall time.
 #include <Eigen/Core>
 #include <algorithm>
 #include <bit>
@@ -21,12 +22,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "command_line.hpp"
+#include "ecopt/checkpoint.hpp"
 #include "ecopt/ecopt.hpp"
 #include "ecopt/transports/tcp_transport.hpp"
 #include "fashion_mnist_data.hpp"
@@ -41,6 +44,9 @@ struct settings {
   double lr = 0.1;
   std::uint64_t seed = 1;
   std::filesystem::path data = ecopt_examples::fashion_mnist_default_dir;
+  std::filesystem::path checkpoint;  ///< each rank writes CHECKPOINT.rank<r>
+  std::uint64_t checkpoint_at = 0;   ///< 0: never
+  bool resume = false;
 };
 
 /// Reads the command line into s; false after --help.
@@ -58,8 +64,17 @@ bool parse(int argc, char** argv, settings& s) {
       .option("--batch", s.batch, "samples per step and worker")
       .option("--lr", s.lr, "Nesterov step size (momentum 0.9)")
       .option("--seed", s.seed, "seed of the initialisation and the sampling")
-      .option("--data", s.data, "directory of the Fashion-MNIST IDX files");
+      .option("--data", s.data, "directory of the Fashion-MNIST IDX files")
+      .option("--checkpoint", s.checkpoint,
+              "checkpoint file prefix (each rank writes PREFIX.rank<r>)")
+      .option("--checkpoint-at", s.checkpoint_at,
+              "save a checkpoint before this step, then reload everything from it and go on "
+              "(0: never)")
+      .option("--resume", s.resume, "start from the checkpoint instead of step 0");
   if (!cli.parse(argc, argv)) return false;
+  if ((s.checkpoint_at > 0 || s.resume) && s.checkpoint.empty()) {
+    throw ecopt::invalid_argument("--checkpoint-at and --resume need --checkpoint PREFIX");
+  }
   if (s.hidden < 1 || s.batch < 1) {
     throw ecopt::invalid_argument("--hidden and --batch must be at least 1");
   }
@@ -189,7 +204,37 @@ int train(const settings& s, Compressor compressor, const ecopt_examples::fashio
   std::vector<Eigen::Index> batch(static_cast<std::size_t>(s.batch));
   std::uint64_t payload_bits = 0;
   const auto start = std::chrono::steady_clock::now();
-  for (std::uint64_t step = 0; step < s.steps; ++step) {
+  // A checkpoint holds everything the loop carries between steps: the exchange's
+  // error memories and PowerSGD's warm start, the momentum, the model, the step.
+  const auto file =
+      std::filesystem::path(s.checkpoint.string() + ".rank" + std::to_string(transport.rank()));
+  auto save = [&](std::uint64_t step) {
+    ecopt::checkpoint c;
+    exchange.save(c, transport);
+    ecopt::save_state(c, "optimizer.", momentum);
+    c.put("model", std::span<const float>(x));
+    c.put("step", step);
+    std::ofstream out(file, std::ios::binary);
+    c.write(out);
+  };
+  auto load = [&]() -> std::uint64_t {  // into fresh objects, as a restarted job would
+    std::ifstream in(file, std::ios::binary);
+    if (!in) throw ecopt::invalid_argument("cannot read the checkpoint " + file.string());
+    const ecopt::checkpoint c = ecopt::checkpoint::read(in);
+    exchange = decltype(exchange)(compressor, ecopt::error_feedback{}, d, {.seed = s.seed});
+    momentum = optimizer.make_state<float>(d);
+    exchange.load(c, transport);
+    ecopt::load_state(c, "optimizer.", momentum);
+    c.get("model", std::span<float>(x));
+    return c.get<std::uint64_t>("step");
+  };
+  const std::uint64_t first = s.resume ? load() : 0;
+
+  for (std::uint64_t step = first; step < s.steps; ++step) {
+    if (s.checkpoint_at > 0 && step == s.checkpoint_at) {
+      save(step);
+      if (load() != step) throw ecopt::invalid_argument("the checkpoint's step differs");
+    }
     auto rng = ecopt::counter_rng::stream(s.seed, ecopt::stream_purpose::sampling,
                                           static_cast<std::uint64_t>(transport.rank()), step);
     for (auto& i : batch) i = static_cast<Eigen::Index>(shard.begin + rng.below(shard.count));
@@ -227,7 +272,8 @@ int train(const settings& s, Compressor compressor, const ecopt_examples::fashio
         "own_loop: %s + error feedback, %d workers, %llu steps: test accuracy %.2f %%, "
         "%.0f payload bits per round per worker, %.2f s\n",
         s.compressor.c_str(), transport.size(), static_cast<unsigned long long>(s.steps),
-        100 * accuracy, static_cast<double>(payload_bits) / static_cast<double>(s.steps), seconds);
+        100 * accuracy, static_cast<double>(payload_bits) / static_cast<double>(s.steps - first),
+        seconds);
     if constexpr (requires { exchange.compressor_state().block_bits; }) {
       const auto& state = exchange.compressor_state();
       for (std::size_t i = 0; i < state.blocks.size(); ++i) {

@@ -43,4 +43,11 @@ class numeric_error : public error {
   using error::error;
 };
 
+/// A checkpoint is truncated, corrupt, of another format version, or does not
+/// match what it is loaded into (another dimension, layout, policy or world).
+class checkpoint_error : public error {
+ public:
+  using error::error;
+};
+
 }  // namespace ecopt

@@ -32,6 +32,7 @@
 
 #include "ecopt/bit_reader.hpp"
 #include "ecopt/bit_writer.hpp"
+#include "ecopt/checkpoint.hpp"
 #include "ecopt/collectives/allgather.hpp"
 #include "ecopt/collectives/allreduce.hpp"
 #include "ecopt/collectives/collective_workspace.hpp"
@@ -134,6 +135,54 @@ class gradient_exchange {
   /// The per-worker states (error memory, warm starts): for inspection and checkpoints.
   [[nodiscard]] compressor_state_type& compressor_state() noexcept { return compressor_state_; }
   [[nodiscard]] compensator_state_type& compensator_state() noexcept { return compensator_state_; }
+
+  /// Writes what this exchange carries from round to round -- the compressor's
+  /// and compensator's states (error memory, PowerSGD's warm start) -- under
+  /// `prefix`, with what it must be loaded into: the dimension, the policies'
+  /// names, this rank and the world size (checkpoint.hpp).
+  template <Transport Tr>
+  void save(checkpoint& c, const Tr& transport, const std::string& prefix = "exchange.") requires
+      PersistentState<compressor_state_type> && PersistentState<compensator_state_type> {
+    c.put(prefix + "dim", static_cast<std::uint64_t>(dim_));
+    c.put(prefix + "rank", static_cast<std::int64_t>(transport.rank()));
+    c.put(prefix + "world", static_cast<std::int64_t>(transport.size()));
+    c.put_text(prefix + "compressor", policy_name<C>());
+    c.put_text(prefix + "compensator", policy_name<E>());
+    save_state(c, prefix + "compressor.", compressor_state_);
+    save_state(c, prefix + "compensator.", compensator_state_);
+  }
+
+  /// Restores what save wrote; refuses (checkpoint_error naming it) a
+  /// checkpoint of another dimension, policy, layout, rank or world size.
+  template <Transport Tr>
+  void load(const checkpoint& c, const Tr& transport,
+            const std::string& prefix = "exchange.") requires
+      PersistentState<compressor_state_type> && PersistentState<compensator_state_type> {
+    auto expect = [&](const char* what, std::int64_t here) {
+      const auto there = c.get<std::int64_t>(prefix + what);
+      if (there != here) {
+        throw checkpoint_error("checkpoint: written by " + std::string(what) + " " +
+                               std::to_string(there) + ", loaded by " + what + " " +
+                               std::to_string(here));
+      }
+    };
+    const auto dim = c.get<std::uint64_t>(prefix + "dim");
+    if (dim != dim_) {
+      throw checkpoint_error("checkpoint: written for a dimension of " + std::to_string(dim) +
+                             ", this exchange has " + std::to_string(dim_));
+    }
+    expect("world", transport.size());
+    expect("rank", transport.rank());
+    c.expect_text(prefix + "compressor", policy_name<C>());
+    c.expect_text(prefix + "compensator", policy_name<E>());
+    // Into copies first: a refused record leaves this exchange as it was.
+    compressor_state_type compressor_copy = compressor_state_;
+    compensator_state_type compensator_copy = compensator_state_;
+    load_state(c, prefix + "compressor.", compressor_copy);
+    load_state(c, prefix + "compensator.", compensator_copy);
+    compressor_state_ = std::move(compressor_copy);
+    compensator_state_ = std::move(compensator_copy);
+  }
 
   /// The round_context of `round` on this transport.
   template <Transport Tr>

@@ -43,6 +43,12 @@ struct ef21 {
     /// Set by update and cleared by reconstruct: a caller that never calls
     /// reconstruct would apply the corrections instead of g.
     bool awaiting_reconstruct = false;
+    template <class Archive>
+    void persist(Archive& a) {
+      a("local", local);
+      a("global", global);
+      a("awaiting_reconstruct", awaiting_reconstruct);
+    }
   };
 
   template <class T>

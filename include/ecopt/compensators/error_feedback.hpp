@@ -41,6 +41,11 @@ struct error_feedback {
   struct state {
     std::vector<T> memory;
     double last_lr = 0;
+    template <class Archive>
+    void persist(Archive& a) {
+      a("memory", memory);
+      a("last_lr", last_lr);
+    }
   };
 
   template <class T>

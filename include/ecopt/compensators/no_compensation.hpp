@@ -15,6 +15,9 @@ struct no_compensation {
 
   struct state {
     std::size_t dim = 0;
+    /// Nothing is carried from round to round (checkpoint.hpp).
+    template <class Archive>
+    void persist(Archive&) {}
   };
 
   template <class T>

@@ -121,6 +121,25 @@ struct per_block {
     std::vector<float> phase_wire;          ///< one phase of every block (PhasedAggregation)
     std::vector<std::uint64_t> block_bits;  ///< payload bits of each block, last round
     std::uint64_t framing_bits = 0;         ///< byte counts and padding, last round
+
+    /// The layout (checked on load) and every compressed block's state.
+    template <class Archive>
+    void persist(Archive& a) requires requires(compressor_state_t<C, T>& inner_state) {
+      inner_state.persist(a);
+    }
+    {
+      std::string shape;
+      for (const planned_block& b : blocks) {
+        shape += b.block.name + "@" + std::to_string(b.block.offset) + ":" +
+                 std::to_string(b.block.rows) + "x" + std::to_string(b.block.cols) +
+                 (b.dense ? " dense; " : "; ");
+      }
+      a.text("compressor", policy_name<C>());
+      a.text("layout", shape);
+      for (std::size_t i = 0; i < blocks.size(); ++i) {
+        if (!blocks[i].dense) a.nest(blocks[i].block.name, inner[slot[i]]);
+      }
+    }
   };
 
   template <class T>

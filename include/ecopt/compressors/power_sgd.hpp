@@ -172,6 +172,15 @@ struct power_sgd {
     std::uint64_t seed = 0;
     std::uint64_t round = 0;
     bool started = false;
+    /// The warm start and the round it belongs to (p, q and wire are scratch).
+    template <class Archive>
+    void persist(Archive& a) {
+      a("q_start", q_start);
+      a("q_next", q_next);
+      a("seed", seed);
+      a("round", round);
+      a("started", started);
+    }
   };
 
   template <class T>

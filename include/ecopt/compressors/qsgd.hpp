@@ -80,6 +80,9 @@ struct qsgd {
   template <class T>
   struct state {
     std::size_t dim = 0;
+    /// Nothing is carried from round to round (checkpoint.hpp).
+    template <class Archive>
+    void persist(Archive&) {}
   };
 
   template <class T>

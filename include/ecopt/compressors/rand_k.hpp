@@ -69,6 +69,9 @@ struct basic_rand_k {
     std::size_t k = 0;
     std::vector<std::uint64_t> marks;    ///< d-bit mark set, all zero between calls
     std::vector<std::uint32_t> indices;  ///< the k drawn indices, increasing
+    /// Scratch only: nothing is carried from round to round (checkpoint.hpp).
+    template <class Archive>
+    void persist(Archive&) {}
   };
 
   template <class T>

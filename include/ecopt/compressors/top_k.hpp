@@ -461,6 +461,9 @@ struct top_k {
     std::size_t k = 0;
     std::vector<std::uint32_t> chosen;  ///< k kept indices, increasing (decoder scratch too)
     detail::top_k_selector<T> selector;
+    /// Scratch only: nothing is carried from round to round (checkpoint.hpp).
+    template <class Archive>
+    void persist(Archive&) {}
   };
 
   template <class T>

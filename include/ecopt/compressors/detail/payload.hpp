@@ -32,6 +32,9 @@ inline void require_positive_dim(std::string_view who, std::size_t dim) {
 template <class T>
 struct dim_state {
   std::size_t dim = 0;
+  /// Nothing is carried from round to round (checkpoint.hpp).
+  template <class Archive>
+  void persist(Archive&) {}
 };
 
 /// make_state for such a compressor: checks dim and allocates nothing.

@@ -33,6 +33,10 @@ struct momentum_optimizer {
   template <class T>
   struct state {
     std::vector<T> velocity;
+    template <class Archive>
+    void persist(Archive& a) {
+      a("velocity", velocity);
+    }
   };
 
   template <class T>
