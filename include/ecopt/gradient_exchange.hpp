@@ -40,6 +40,7 @@
 #include "ecopt/compensators/no_compensation.hpp"
 #include "ecopt/compressor.hpp"
 #include "ecopt/compressors/no_compression.hpp"
+#include "ecopt/detail/all_finite.hpp"
 #include "ecopt/error.hpp"
 #include "ecopt/problem.hpp"
 #include "ecopt/round_context.hpp"
@@ -66,21 +67,6 @@ struct exchange_options {
 };
 
 namespace detail {
-
-/// True when every entry is finite: an OR over the entries' exponent fields,
-/// each plus one unit so that an all-ones exponent carries into the sign bit
-/// (a loop that vectorises, unlike one that stops at the first bad entry).
-template <class T>
-[[nodiscard]] bool all_finite(std::span<const T> g) noexcept {
-  using bits_t = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
-  static_assert(sizeof(T) == sizeof(bits_t) && std::numeric_limits<T>::is_iec559);
-  constexpr int mantissa = std::numeric_limits<T>::digits - 1;
-  constexpr bits_t exponent = ~bits_t{0} >> 1 & ~((bits_t{1} << mantissa) - 1);
-  constexpr bits_t unit = bits_t{1} << mantissa;
-  bits_t acc = 0;
-  for (const T v : g) acc |= (std::bit_cast<bits_t>(v) & exponent) + unit;
-  return (acc >> (8 * sizeof(T) - 1)) == 0;
-}
 
 template <class T>
 void require_finite(std::span<const T> g, int rank, std::uint64_t step) {
@@ -228,25 +214,24 @@ class gradient_exchange {
     if (options_.check_finite) detail::require_finite(gradient, ctx.rank, ctx.round);
     exchange_bits bits;
     // Without compensation the message is the gradient itself: no copy.
-    if constexpr (std::is_same_v<E, no_compensation>) {
-      message_view_ = gradient;
-    } else {
+    std::span<const T> message = gradient;
+    if constexpr (!std::is_same_v<E, no_compensation>) {
       compensator_.compensate(gradient, compensator_state_, span(message_), ctx);
-      message_view_ = const_span(message_);
+      message = const_span(message_);
     }
     std::fill(own_.begin(), own_.end(), T(0));
     std::fill(sum_.begin(), sum_.end(), T(0));
     const std::uint64_t sent_before = transport.bytes_sent();
     if constexpr (AggregatingCompressor<C, T, Tr>) {
-      bits.payload = compressor_.aggregate(transport, message_view_, compressor_state_, span(own_),
+      bits.payload = compressor_.aggregate(transport, message, compressor_state_, span(own_),
                                            span(sum_), workspace_, ctx);
     } else if (use_allreduce()) {
-      bits.payload = exchange_summed(transport, ctx);
+      bits.payload = exchange_summed(transport, message, ctx);
     } else {
-      bits.payload = exchange_gathered(transport, ctx);
+      bits.payload = exchange_gathered(transport, message, ctx);
     }
     bits.wire = 8 * (transport.bytes_sent() - sent_before);
-    compensator_.update(message_view_, const_span(own_), compensator_state_, ctx);
+    compensator_.update(message, const_span(own_), compensator_state_, ctx);
     const T inv_world = T(1) / static_cast<T>(ctx.world);
     if constexpr (ReconstructsDirection<E, T>) {
       for (std::size_t j = 0; j < dim_; ++j) sum_[j] *= inv_world;
@@ -276,9 +261,10 @@ class gradient_exchange {
   }
 
   template <class Tr>
-  std::uint64_t exchange_summed(Tr& transport, const round_context& ctx) {
+  std::uint64_t exchange_summed(Tr& transport, std::span<const T> message,
+                                const round_context& ctx) {
     if constexpr (SummableCompressor<C, T>) {
-      compressor_.encode_summable(message_view_, compressor_state_, std::span<float>(summed_), ctx);
+      compressor_.encode_summable(message, compressor_state_, std::span<float>(summed_), ctx);
       compressor_.decode_summed(std::span<const float>(summed_), compressor_state_, span(own_),
                                 T(1), ctx);
       allreduce_sum(transport, std::span<float>(summed_), workspace_);
@@ -291,9 +277,10 @@ class gradient_exchange {
   }
 
   template <class Tr>
-  std::uint64_t exchange_gathered(Tr& transport, const round_context& ctx) {
+  std::uint64_t exchange_gathered(Tr& transport, std::span<const T> message,
+                                  const round_context& ctx) {
     bit_writer writer(payload_);
-    compressor_.encode(message_view_, compressor_state_, writer, ctx);
+    compressor_.encode(message, compressor_state_, writer, ctx);
     const std::uint64_t bits = writer.bits();
     const std::span<const std::byte> bytes = writer.finish();
     {
@@ -328,7 +315,6 @@ class gradient_exchange {
   compressor_state_type compressor_state_;
   compensator_state_type compensator_state_;
   std::vector<T> message_, own_, sum_, reconstructed_;
-  std::span<const T> message_view_;  ///< what this round compresses: message_ or the gradient
   std::vector<std::byte> payload_;
   std::vector<std::vector<std::byte>> gathered_;
   std::vector<float> summed_;

@@ -192,8 +192,7 @@ struct tcp_options {
     }
     const char* addr = std::getenv("ECOPT_ADDR");
     const bool have_addr = addr != nullptr && *addr != '\0';
-    // (ECOPT_* alone keeps the default address: rank 0 may pick its port.)
-    if (launched && launched->launcher != "ECOPT_*" && !have_addr && !launched->address &&
+    if (launched && launched->needs_address && !have_addr && !launched->address &&
         o.world_size > 1) {
       throw invalid_argument("started by " + launched->launcher + " as rank " +
                              std::to_string(o.rank) + " of " + std::to_string(o.world_size) +

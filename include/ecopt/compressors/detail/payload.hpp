@@ -15,6 +15,7 @@
 
 #include "ecopt/bit_reader.hpp"
 #include "ecopt/bit_writer.hpp"
+#include "ecopt/detail/all_finite.hpp"
 #include "ecopt/error.hpp"
 
 namespace ecopt::detail {
@@ -95,13 +96,9 @@ inline void require_payload_bits(const bit_reader& in, std::uint64_t bits, const
   return (std::bit_cast<std::uint32_t>(v) & 0x7f800000u) == 0x7f800000u;
 }
 
-/// Throws decode_error naming field[i] for the first non-finite value. The scan
-/// is an integer OR-reduction (an all-ones exponent carries into bit 31), which
-/// vectorises where a boolean early exit would not.
+/// Throws decode_error naming field[i] for the first non-finite value.
 inline void require_finite(std::span<const float> v, const char* field, std::size_t offset = 0) {
-  std::uint32_t acc = 0;
-  for (const float x : v) acc |= (std::bit_cast<std::uint32_t>(x) & 0x7f800000u) + 0x00800000u;
-  if ((acc >> 31) == 0) return;
+  if (all_finite(v)) return;
   for (std::size_t i = 0; i < v.size(); ++i) {
     if (not_finite_bits(v[i])) throw_not_finite(field, offset + i);
   }

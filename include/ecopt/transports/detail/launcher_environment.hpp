@@ -26,6 +26,9 @@ struct launcher_world {
   std::string rank_text, world_text;   ///< the values as given
   std::string rank_name, world_name;   ///< the variables they came from
   std::optional<std::string> address;  ///< rank 0's host:port when the launcher names one
+  /// Whether a world of several ranks needs an address from somewhere: not for
+  /// ECOPT_* alone, where rank 0 may pick its port (ecopt-launch passes it on).
+  bool needs_address = true;
 };
 
 inline const char* environment_value(const char* name) {
@@ -69,9 +72,12 @@ inline std::optional<launcher_world> find_launcher_world() {
       throw invalid_argument(std::string(r ? rank : world) + " is set but " + (r ? world : rank) +
                              " is not (" + who + ")");
     }
-    return launcher_world{who, r, w, rank, world, std::nullopt};
+    return launcher_world{who, r, w, rank, world, std::nullopt, true};
   };
-  if (auto ecopt = pair("ECOPT_*", "ECOPT_RANK", "ECOPT_WORLD_SIZE")) return ecopt;
+  if (auto ecopt = pair("ECOPT_*", "ECOPT_RANK", "ECOPT_WORLD_SIZE")) {
+    ecopt->needs_address = false;
+    return ecopt;
+  }
   if (auto torch = pair("torchrun", "RANK", "WORLD_SIZE")) {
     const char* host = environment_value("MASTER_ADDR");
     const char* port = environment_value("MASTER_PORT");
