@@ -1,6 +1,7 @@
 #pragma once
 // The umbrella header: everything in ecopt that needs neither Boost nor MPI.
 // (The TCP and MPI transports are included from their own headers.)
+#include "ecopt/algorithms/all.hpp"
 #include "ecopt/bit_reader.hpp"
 #include "ecopt/bit_writer.hpp"
 #include "ecopt/collectives/allgather.hpp"

@@ -62,6 +62,20 @@ template <class O, class T = float>
 concept Optimizer = std::floating_point<T> && std::copy_constructible<O> &&
     MakesOptimizerState<O, T> && HasLearningRate<O> && AppliesDirection<O, T>;
 
+/// Optimizers whose step is x <- x - gamma_t * u with u computed from the
+/// direction and the state alone (sgd, heavy_ball, nesterov):
+///   update_direction(direction, u, S&, ctx) -- writes u and advances the state
+///   exactly as apply would; apply(x, d) then equals x[j] -= gamma_t * u[j].
+/// Schedules that take several local steps between exchanges (local SGD,
+/// SlowMo: algorithms/) accumulate u in the units of a gradient, so that what
+/// they exchange after one step is the gradient itself, bit for bit.
+template <class O, class T>
+concept SplitsStepSize = Optimizer<O, T> &&
+    requires(const O& o, optimizer_state_t<O, T>& s, std::span<const T> direction,
+             std::span<T> update, const round_context& ctx) {
+  o.update_direction(direction, update, s, ctx);
+};
+
 template <class T>
 class uncompressed_mean;
 

@@ -1,14 +1,17 @@
 #pragma once
-// solver<Compressor, Compensator, Optimizer>: one synchronous data-parallel
-// round per step, composed at compile time.
+// solver<Compressor, Compensator, Optimizer, Schedule>: data-parallel
+// training composed at compile time.
 //
-//   problem --gradient--> gradient_exchange (compensate, compress, collective,
-//     decode, mean: gradient_exchange.hpp) --direction--> optimizer.apply --> x
+//   problem --gradient--> schedule (algorithms/): when to exchange what
+//     --> gradient_exchange (compensate, compress, collective, decode, mean:
+//         gradient_exchange.hpp) --> optimizer --> x
 //
-// The solver is a loop of exchange calls around the problem and the optimizer,
-// the same object a training loop of the user's own calls. Every rank ends each
-// round with the same direction and so the same x: the model itself is never
-// sent (rank 0's x is broadcast once at the start).
+// The default schedule, `synchronous`, exchanges every gradient: every rank
+// ends each round with the same direction and so the same x, and the model
+// itself is never sent (rank 0's x is broadcast once at the start). Local SGD
+// and SlowMo step locally and exchange every H steps (schedule.hpp). The
+// solver is a loop of such steps around the problem and the optimizer; a
+// training loop of the user's own calls the same exchange object.
 #include <Eigen/Core>
 #include <algorithm>
 #include <chrono>
@@ -17,8 +20,10 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "ecopt/algorithms/synchronous.hpp"
 #include "ecopt/collectives/allgather.hpp"
 #include "ecopt/collectives/allreduce.hpp"
 #include "ecopt/collectives/broadcast.hpp"
@@ -35,6 +40,7 @@
 #include "ecopt/problem.hpp"
 #include "ecopt/round_context.hpp"
 #include "ecopt/run_report.hpp"
+#include "ecopt/schedule.hpp"
 #include "ecopt/transport.hpp"
 
 namespace ecopt {
@@ -60,11 +66,13 @@ bool notify_eval(Observer& o, const progress& p) {
 }
 }  // namespace detail
 
-template <Compressor C = no_compression, Compensator E = no_compensation, Optimizer O = sgd>
+template <Compressor C = no_compression, Compensator E = no_compensation, Optimizer O = sgd,
+          Schedule S = synchronous>
 struct solver {
   C compressor{};
   E compensator{};
   O optimizer{};
+  S schedule{};
 
   /// Runs `options.steps` rounds on this rank. Call it on every rank of the
   /// transport with that rank's problem (its shard) and an x of size
@@ -76,9 +84,14 @@ struct solver {
     static_assert(Compressor<C, T>, "the compressor does not support this problem's scalar type");
     static_assert(Compensator<E, T>, "the compensator does not support this problem's scalar type");
     static_assert(Optimizer<O, T>, "the optimizer does not support this problem's scalar type");
+    static_assert(Schedule<S, T>, "the schedule does not support this problem's scalar type");
+    static_assert(!ProvidesGradient<O, P> || std::same_as<S, synchronous>,
+                  "an optimizer that computes its own direction (accelerated_sgd, ec_lsvrg, "
+                  "eclk) runs with the synchronous schedule only");
     validate_policy(compressor);
     validate_policy(compensator);
     validate_policy(optimizer);
+    validate_policy(schedule);
 
     const std::size_t d = problem.dim();
     if (static_cast<std::size_t>(x.size()) != d) {
@@ -107,25 +120,30 @@ struct solver {
     gradient_exchange<C, E, T> exchange(compressor, compensator, d,
                                         {.seed = options.seed, .check_finite = false});
     auto optimizer_state = optimizer.template make_state<T>(d);
-    vector_t<T> gradient(d), mean(d);
+    auto schedule_state = schedule.template make_state<T>(d);
+    vector_t<T> gradient(d);
     collective_workspace workspace;
     const T inv_world = T(1) / static_cast<T>(world);
-
-    auto as_span = [](vector_t<T>& v) { return std::span<T>(v.data(), v.size()); };
-    auto as_const_span = [](const vector_t<T>& v) {
-      return std::span<const T>(v.data(), v.size());
-    };
+    run_report report;
+    schedule_round<T, Tr, P, decltype(exchange), O> round(transport, problem, exchange, optimizer,
+                                                          optimizer_state, workspace, report,
+                                                          options.seed, options.steps);
+    const std::span<T> x_span(x.data(), d);
+    const std::span<const T> gradient_span(gradient.data(), d);
 
     // All ranks start from rank 0's iterate.
-    broadcast(transport, std::span<T>(x.data(), d), 0, workspace);
+    broadcast(transport, x_span, 0, workspace);
+    schedule.begin(std::span<const T>(x_span), schedule_state);
 
-    run_report report;
     progress info{.step = 0, .total_steps = options.steps, .rank = rank, .world = world};
 
-    // Evaluates the global loss and agrees on early stopping; not charged to the bits.
+    // Evaluates the global loss at the schedule's evaluation point and agrees
+    // on early stopping; not charged to the bits.
     auto evaluate_and_agree = [&](std::uint64_t step) -> bool {
       const double modelled_before = modelled();
-      double loss = problem.loss(x);
+      const std::span<const T> point =
+          schedule.evaluation_point(std::span<const T>(x_span), std::as_const(schedule_state));
+      double loss = problem.loss(Eigen::Map<const vector_t<T>>(point.data(), x.size()));
       allreduce_sum(transport, std::span<double>(&loss, 1), workspace);
       info.step = step;
       info.loss = loss / world;
@@ -146,13 +164,9 @@ struct solver {
     bool stopped = evaluate_and_agree(0);
     std::uint64_t step = 0;
     for (; step < options.steps && !stopped; ++step) {
-      const round_context ctx{.seed = options.seed,
-                              .round = step,
-                              .rank = rank,
-                              .world = world,
-                              .lr = optimizer.learning_rate(step)};
       counter_rng sampler = counter_rng::stream(options.seed, stream_purpose::sampling,
                                                 static_cast<std::uint64_t>(rank), step);
+      round.at(step, x_span, gradient_span);
       if constexpr (ProvidesGradient<O, P>) {
         // The optimizer chooses the point and the estimator (optimizer.hpp); its
         // uncompressed means are charged to the bits like the exchange.
@@ -162,20 +176,14 @@ struct solver {
           for (T& v : values) v *= inv_world;
           report.payload_bits += 8 * sizeof(T) * values.size();
         };
-        optimizer.gradient(problem, x, gradient, optimizer_state, sampler, ctx,
+        optimizer.gradient(problem, x, gradient, optimizer_state, sampler, round.context(),
                            uncompressed_mean<T>(average));
         report.wire_bits += 8 * (transport.bytes_sent() - sent_before_gradient);
       } else {
         problem.stochastic_gradient(x, gradient, sampler);
       }
-      if (options.check_finite) detail::require_finite(as_const_span(gradient), rank, step);
-
-      exchange.observe_curvature(problem, x, ctx);
-      const exchange_bits bits =
-          exchange.exchange(transport, as_const_span(gradient), as_span(mean), ctx);
-      report.payload_bits += bits.payload;
-      report.wire_bits += bits.wire;
-      optimizer.apply(std::span<T>(x.data(), d), as_const_span(mean), optimizer_state, ctx);
+      if (options.check_finite) detail::require_finite(gradient_span, rank, step);
+      schedule.step(round, schedule_state);
 
       info.step = step + 1;
       info.payload_bits = report.payload_bits;
@@ -183,11 +191,18 @@ struct solver {
       info.elapsed_seconds = elapsed();
       info.modelled_seconds = modelled();
       (detail::notify_step(observers, info), ...);
-      const bool last = step + 1 == options.steps;
-      if (last || (options.eval_every > 0 && (step + 1) % options.eval_every == 0)) {
-        stopped = evaluate_and_agree(step + 1) && !last;
+      if (step + 1 < options.steps && options.eval_every > 0 &&
+          (step + 1) % options.eval_every == 0) {
+        stopped = evaluate_and_agree(step + 1);
       }
     }
+    // A schedule with progress not yet averaged averages it now, so every
+    // rank returns the same x.
+    if (step > 0) {
+      round.at(step - 1, x_span, gradient_span);
+      schedule.finish(round, schedule_state);
+    }
+    if (!stopped && step > 0) (void)evaluate_and_agree(step);
     report.steps = step;
     report.stopped_early = stopped;
     report.modelled_seconds = modelled();
@@ -206,6 +221,8 @@ struct solver {
   }
 };
 
+template <class C, class E, class O, class S>
+solver(C, E, O, S) -> solver<C, E, O, S>;
 template <class C, class E, class O>
 solver(C, E, O) -> solver<C, E, O>;
 template <class C, class E>

@@ -6,6 +6,7 @@
 #include <Eigen/Core>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <span>
 #include <vector>
 
@@ -152,6 +153,29 @@ TEST_CASE_TEMPLATE_DEFINE("optimizer contract", O, optimizer_contract) {
       std::vector<double> x(d, 1.0), dir(d, 1.0);
       CHECK_THROWS_WITH_AS(opt.apply(std::span<double>(x), std::span<const double>(dir), s, ctx),
                            doctest::Contains("gradient"), ecopt::invalid_argument);
+    }
+  }
+
+  if constexpr (ecopt::SplitsStepSize<O, double>) {
+    SUBCASE("the step is the step size times update_direction, bit for bit") {
+      // What local SGD and SlowMo rely on (algorithms/detail/local_steps.hpp).
+      const O decaying{.lr = 0.3, .lr_decay = 0.5};
+      auto applied = decaying.template make_state<double>(d);
+      auto split = decaying.template make_state<double>(d);
+      std::vector<double> x(d, 1.0), y(d, 1.0), u(d), dir(d);
+      for (std::uint64_t t = 0; t < 5; ++t) {
+        for (std::size_t j = 0; j < d; ++j) dir[j] = std::sin(double(j + 3 * t)) + 0.1 * x[j];
+        const ecopt::round_context at{.round = t};
+        decaying.apply(std::span<double>(x), std::span<const double>(dir), applied, at);
+        decaying.update_direction(std::span<const double>(dir), std::span<double>(u), split, at);
+        const double gamma = decaying.learning_rate(t);
+        for (std::size_t j = 0; j < d; ++j) y[j] -= gamma * u[j];
+      }
+      CHECK(std::memcmp(x.data(), y.data(), d * sizeof(double)) == 0);
+      std::vector<double> short_update(d - 1);
+      CHECK_THROWS_AS(decaying.update_direction(std::span<const double>(dir),
+                                                std::span<double>(short_update), split, ctx),
+                      ecopt::invalid_argument);
     }
   }
 

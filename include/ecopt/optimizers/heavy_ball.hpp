@@ -10,6 +10,6 @@ namespace ecopt {
 
 using heavy_ball = detail::momentum_optimizer<detail::momentum_kind::heavy_ball>;
 
-static_assert(Optimizer<heavy_ball, float> && Optimizer<heavy_ball, double>);
+static_assert(SplitsStepSize<heavy_ball, float> && SplitsStepSize<heavy_ball, double>);
 
 }  // namespace ecopt

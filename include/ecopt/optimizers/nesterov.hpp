@@ -10,6 +10,6 @@ namespace ecopt {
 
 using nesterov = detail::momentum_optimizer<detail::momentum_kind::nesterov>;
 
-static_assert(Optimizer<nesterov, float> && Optimizer<nesterov, double>);
+static_assert(SplitsStepSize<nesterov, float> && SplitsStepSize<nesterov, double>);
 
 }  // namespace ecopt

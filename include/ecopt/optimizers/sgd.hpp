@@ -2,6 +2,7 @@
 // (Minibatch) stochastic gradient descent on the aggregated direction:
 //   x <- x - gamma_t * direction,  gamma_t = lr / (1 + lr_decay * t).
 // With full gradients (batch = shard) this is distributed gradient descent.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -49,8 +50,17 @@ struct sgd {
     const T gamma = static_cast<T>(learning_rate(ctx.round));
     for (std::size_t j = 0; j < s.dim; ++j) x[j] -= gamma * direction[j];
   }
+
+  /// The step before its size (SplitsStepSize): the direction itself.
+  template <class T>
+  void update_direction(std::span<const T> direction, std::span<T> update, state& s,
+                        const round_context&) const {
+    detail::require_size(name, "direction", direction.size(), s.dim);
+    detail::require_size(name, "update", update.size(), s.dim);
+    std::copy(direction.begin(), direction.end(), update.begin());
+  }
 };
 
-static_assert(Optimizer<sgd, float> && Optimizer<sgd, double>);
+static_assert(SplitsStepSize<sgd, float> && SplitsStepSize<sgd, double>);
 
 }  // namespace ecopt

@@ -66,6 +66,26 @@ struct momentum_optimizer {
       }
     }
   }
+
+  /// The step before its size (SplitsStepSize): the same velocity update as
+  /// apply, and u = direction + beta v (Nesterov) or v (heavy ball).
+  template <class T>
+  void update_direction(std::span<const T> direction, std::span<T> update, state<T>& s,
+                        const round_context&) const {
+    const std::size_t d = s.velocity.size();
+    require_size(name, "direction", direction.size(), d);
+    require_size(name, "update", update.size(), d);
+    const T beta = static_cast<T>(momentum);
+    T* v = s.velocity.data();
+    for (std::size_t j = 0; j < d; ++j) {
+      v[j] = beta * v[j] + direction[j];
+      if constexpr (Kind == momentum_kind::nesterov) {
+        update[j] = direction[j] + beta * v[j];
+      } else {
+        update[j] = v[j];
+      }
+    }
+  }
 };
 
 }  // namespace ecopt::detail

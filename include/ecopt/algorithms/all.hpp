@@ -1,0 +1,11 @@
+#pragma once
+// Registry of schedules: the typed contract tests run every entry.
+#include <tuple>
+
+#include "ecopt/algorithms/local_sgd.hpp"
+#include "ecopt/algorithms/slowmo.hpp"
+#include "ecopt/algorithms/synchronous.hpp"
+
+namespace ecopt {
+using all_schedules = std::tuple<synchronous, local_sgd, slowmo>;
+}
