@@ -1,5 +1,5 @@
 // The solver over TCP with one process per rank (run by ecopt-launch -n 3):
-// every composition ends bit for bit where the same run on threads ends, with
+// every composition (and schedule) ends bit for bit where the same run on threads ends, with
 // the same bit counts; early stopping is agreed across processes; a NaN on one
 // process is named there and makes the others fail instead of hang.
 #include <doctest/doctest.h>
@@ -89,6 +89,17 @@ TEST_CASE("solvers over TCP processes end bit for bit where the same runs on thr
   check_matches_threads(
       ecopt::solver<ecopt::power_sgd, ecopt::no_compensation>{.optimizer = {.lr = 0.05}},
       "power_sgd (aggregating)");
+  check_matches_threads(
+      ecopt::solver<ecopt::top_k, ecopt::error_feedback, ecopt::nesterov, ecopt::local_sgd>{
+          .compressor = {.ratio = 0.2},
+          .optimizer = {.lr = 0.05, .momentum = 0.9},
+          .schedule = {.period = 4, .momentum_buffers = ecopt::local_momentum::average}},
+      "local sgd H = 4 + top_k + error feedback + nesterov, averaged buffers");
+  check_matches_threads(
+      ecopt::solver<ecopt::no_compression, ecopt::no_compensation, ecopt::nesterov, ecopt::slowmo>{
+          .optimizer = {.lr = 0.05, .momentum = 0.9},
+          .schedule = {.period = 7, .slow_momentum = 0.6}},
+      "slowmo tau = 7 (a partial last period)");
 }
 
 TEST_CASE("an early stop asked by one process stops every process at the same step") {

@@ -41,6 +41,21 @@ struct shard {
   }
 };
 
+/// The optimum of the mean loss over `world` shards: least squares over the
+/// pooled data (every shard has the same number of samples).
+double optimal_loss(int world) {
+  Eigen::MatrixXd pooled_a(dim, world * samples_per_rank);
+  Eigen::VectorXd pooled_b(world * samples_per_rank);
+  for (int r = 0; r < world; ++r) {
+    const shard data(r);
+    pooled_a.middleCols(r * samples_per_rank, samples_per_rank) = data.a;
+    pooled_b.segment(r * samples_per_rank, samples_per_rank) = data.b;
+  }
+  const Eigen::VectorXd best = (pooled_a * pooled_a.transpose()).ldlt().solve(pooled_a * pooled_b);
+  return 0.5 * (pooled_a.transpose() * best - pooled_b).squaredNorm() /
+         static_cast<double>(pooled_b.size());
+}
+
 struct outcome {
   Eigen::VectorXd x;
   ecopt::run_report report;
@@ -218,17 +233,7 @@ TEST_CASE("local SGD and SlowMo converge on heterogeneous shards like synchronou
     return run_on_threads(s, 4, options)[0].report.final_loss();
   };
   const double start = run_on_threads(ecopt::solver{}, 4, {.steps = 0})[0].report.final_loss();
-  // The optimum of the mean loss: least squares over the pooled shards.
-  Eigen::MatrixXd pooled_a(dim, 4 * samples_per_rank);
-  Eigen::VectorXd pooled_b(4 * samples_per_rank);
-  for (int r = 0; r < 4; ++r) {
-    const shard data(r);
-    pooled_a.middleCols(r * samples_per_rank, samples_per_rank) = data.a;
-    pooled_b.segment(r * samples_per_rank, samples_per_rank) = data.b;
-  }
-  const Eigen::VectorXd best = (pooled_a * pooled_a.transpose()).ldlt().solve(pooled_a * pooled_b);
-  const double optimum =
-      0.5 * (pooled_a.transpose() * best - pooled_b).squaredNorm() / (4.0 * samples_per_rank);
+  const double optimum = optimal_loss(4);
   CAPTURE(optimum);
   const double sync =
       final_loss(ecopt::solver{ecopt::no_compression{}, ecopt::no_compensation{}, opt});
@@ -246,6 +251,28 @@ TEST_CASE("local SGD and SlowMo converge on heterogeneous shards like synchronou
   CHECK(local - optimum < 0.05 * (start - optimum));
   // The slow momentum's larger effective step settles at a higher noise floor.
   CHECK(slow - optimum < 0.1 * (start - optimum));
+}
+
+TEST_CASE("slow momentum speeds up local SGD where progress is slow (SlowMo's claim, small)") {
+  // Plain inner SGD at a small step: the curvature-limited regime in which
+  // SlowMo's outer momentum acts as acceleration. Equal steps, equal bits.
+  const ecopt::run_options options{.steps = 160, .seed = 6};
+  const ecopt::sgd inner{.lr = 0.02};
+  const auto local = run_on_threads(ecopt::solver{ecopt::no_compression{}, ecopt::no_compensation{},
+                                                  inner, ecopt::local_sgd{.period = 8}},
+                                    4, options);
+  const auto slow =
+      run_on_threads(ecopt::solver{ecopt::no_compression{}, ecopt::no_compensation{}, inner,
+                                   ecopt::slowmo{.period = 8, .slow_momentum = 0.6}},
+                     4, options);
+  const double optimum = optimal_loss(4);
+  const double local_gap = local[0].report.final_loss() - optimum;
+  const double slow_gap = slow[0].report.final_loss() - optimum;
+  CAPTURE(local_gap);
+  CAPTURE(slow_gap);
+  CHECK(local_gap > 0);
+  CHECK(slow_gap < 0.5 * local_gap);
+  CHECK(slow[0].report.payload_bits == local[0].report.payload_bits);
 }
 
 TEST_CASE("refused schedule settings are named") {
