@@ -8,7 +8,9 @@
 //
 //   static constexpr std::string_view name
 //   void validate() const                           -- optional, throws invalid_argument
-//   state make_state<T>(std::size_t dim) const      -- buffers, made once per run
+//   state make_state<T>(std::size_t dim, const C& compressor) const
+//        -- buffers, made once per run (C: the run's compressor, for schedules
+//           that encode messages of their own)
 //   void begin(std::span<const T> x, state&) const  -- after rank 0's x is broadcast
 //   void step(schedule_round<...>& r, state&) const -- one step; r.x() is this
 //        worker's model, r.gradient() its stochastic gradient there
@@ -33,6 +35,7 @@
 
 #include "ecopt/collectives/allreduce.hpp"
 #include "ecopt/collectives/collective_workspace.hpp"
+#include "ecopt/compressors/no_compression.hpp"
 #include "ecopt/gradient_exchange.hpp"
 #include "ecopt/optimizer.hpp"
 #include "ecopt/problem.hpp"
@@ -42,19 +45,20 @@
 
 namespace ecopt {
 
-template <class S, class T>
-concept MakesScheduleState = requires(const S& s, std::size_t dim) {
-  s.template make_state<T>(dim);
+template <class S, class T, class C = no_compression>
+concept MakesScheduleState = requires(const S& s, std::size_t dim, const C& compressor) {
+  s.template make_state<T>(dim, compressor);
 };
 
-template <class S, class T>
-requires MakesScheduleState<S, T>
-using schedule_state_t = decltype(std::declval<const S&>().template make_state<T>(std::size_t{}));
+template <class S, class T, class C = no_compression>
+requires MakesScheduleState<S, T, C>
+using schedule_state_t = decltype(std::declval<const S&>().template make_state<T>(
+    std::size_t{}, std::declval<const C&>()));
 
-template <class S, class T = float>
+template <class S, class T = float, class C = no_compression>
 concept Schedule = std::floating_point<T> && std::copy_constructible<S> &&
-    MakesScheduleState<S, T> &&
-    requires(const S& s, schedule_state_t<S, T>& state, std::span<const T> x) {
+    MakesScheduleState<S, T, C> &&
+    requires(const S& s, schedule_state_t<S, T, C>& state, std::span<const T> x) {
   { S::name } -> std::convertible_to<std::string_view>;
   s.begin(x, state);
   { s.evaluation_point(x, std::as_const(state)) } -> std::convertible_to<std::span<const T>>;
@@ -68,6 +72,8 @@ class schedule_round {
  public:
   using scalar_type = T;
   using optimizer_type = O;
+  using compressor_type = typename Exchange::compressor_type;
+  using compensator_type = typename Exchange::compensator_type;
 
   schedule_round(Tr& transport, P& problem, Exchange& exchange, const O& optimizer,
                  optimizer_state_t<O, T>& optimizer_state, collective_workspace& workspace,
@@ -146,6 +152,17 @@ class schedule_round {
     for (T& v : values) v *= inv_world;
     report_.payload_bits += 8 * sizeof(T) * values.size();
     report_.wire_bits += 8 * (transport_.bytes_sent() - sent_before);
+  }
+
+  /// The run's compressor, for schedules that encode messages of their own
+  /// (gossip), and the run's seed.
+  [[nodiscard]] const auto& compressor() const noexcept { return exchange_.compressor(); }
+  [[nodiscard]] std::uint64_t seed() const noexcept { return seed_; }
+
+  /// Charges bits a schedule sent itself (point-to-point messages).
+  void charge(std::uint64_t payload_bits, std::uint64_t wire_bits) noexcept {
+    report_.payload_bits += payload_bits;
+    report_.wire_bits += wire_bits;
   }
 
   /// x <- optimizer step along `direction`, with the optimizer's state.

@@ -84,7 +84,8 @@ struct solver {
     static_assert(Compressor<C, T>, "the compressor does not support this problem's scalar type");
     static_assert(Compensator<E, T>, "the compensator does not support this problem's scalar type");
     static_assert(Optimizer<O, T>, "the optimizer does not support this problem's scalar type");
-    static_assert(Schedule<S, T>, "the schedule does not support this problem's scalar type");
+    static_assert(Schedule<S, T, C>,
+                  "the schedule does not support this problem's scalar type or compressor");
     static_assert(!ProvidesGradient<O, P> || std::same_as<S, synchronous>,
                   "an optimizer that computes its own direction (accelerated_sgd, ec_lsvrg, "
                   "eclk) runs with the synchronous schedule only");
@@ -120,7 +121,7 @@ struct solver {
     gradient_exchange<C, E, T> exchange(compressor, compensator, d,
                                         {.seed = options.seed, .check_finite = false});
     auto optimizer_state = optimizer.template make_state<T>(d);
-    auto schedule_state = schedule.template make_state<T>(d);
+    auto schedule_state = schedule.template make_state<T>(d, compressor);
     vector_t<T> gradient(d);
     collective_workspace workspace;
     const T inv_world = T(1) / static_cast<T>(world);

@@ -100,6 +100,16 @@ TEST_CASE("solvers over TCP processes end bit for bit where the same runs on thr
           .optimizer = {.lr = 0.05, .momentum = 0.9},
           .schedule = {.period = 7, .slow_momentum = 0.6}},
       "slowmo tau = 7 (a partial last period)");
+  check_matches_threads(ecopt::solver<ecopt::no_compression, ecopt::no_compensation, ecopt::sgd,
+                                      ecopt::stochastic_gradient_push>{.optimizer = {.lr = 0.05}},
+                        "stochastic gradient push (exact pushes)");
+  check_matches_threads(
+      ecopt::solver<ecopt::top_k, ecopt::no_compensation, ecopt::nesterov,
+                    ecopt::stochastic_gradient_push>{
+          .compressor = {.ratio = 0.25},
+          .optimizer = {.lr = 0.05, .momentum = 0.9},
+          .schedule = {.slowmo_period = 20, .slow_momentum = 0.5}},
+      "stochastic gradient push, top_k pushes, SlowMo every 20 steps");
 }
 
 TEST_CASE("an early stop asked by one process stops every process at the same step") {

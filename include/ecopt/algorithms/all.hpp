@@ -4,8 +4,9 @@
 
 #include "ecopt/algorithms/local_sgd.hpp"
 #include "ecopt/algorithms/slowmo.hpp"
+#include "ecopt/algorithms/stochastic_gradient_push.hpp"
 #include "ecopt/algorithms/synchronous.hpp"
 
 namespace ecopt {
-using all_schedules = std::tuple<synchronous, local_sgd, slowmo>;
+using all_schedules = std::tuple<synchronous, local_sgd, slowmo, stochastic_gradient_push>;
 }

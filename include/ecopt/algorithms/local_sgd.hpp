@@ -40,8 +40,8 @@ struct local_sgd {
   template <class T>
   using state = detail::local_steps_state<T>;
 
-  template <class T>
-  [[nodiscard]] state<T> make_state(std::size_t dim) const {
+  template <class T, class C>
+  [[nodiscard]] state<T> make_state(std::size_t dim, const C&) const {
     return state<T>(dim);
   }
 

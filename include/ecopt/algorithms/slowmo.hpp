@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "ecopt/algorithms/detail/local_steps.hpp"
+#include "ecopt/algorithms/detail/slow_momentum.hpp"
 #include "ecopt/optimizers/detail/step_size.hpp"
 #include "ecopt/schedule.hpp"
 
@@ -45,8 +46,8 @@ struct slowmo {
     explicit state(std::size_t dim) : detail::local_steps_state<T>(dim), slow_velocity(dim) {}
   };
 
-  template <class T>
-  [[nodiscard]] state<T> make_state(std::size_t dim) const {
+  template <class T, class C>
+  [[nodiscard]] state<T> make_state(std::size_t dim, const C&) const {
     return state<T>(dim);
   }
 
@@ -74,20 +75,10 @@ struct slowmo {
   template <class T, class Round>
   void average(Round& r, state<T>& s) const {
     const double gamma = detail::exchange_progress<T>(r, s, period);
-    std::vector<T>& u = s.slow_velocity;
-    if (slow_momentum == 0) {
-      // Not 0 * u + mean: beta = 0 is local SGD to the sign of zero.
-      std::copy(s.mean.begin(), s.mean.end(), u.begin());
-    } else {
-      const T beta = static_cast<T>(slow_momentum);
-      for (std::size_t j = 0; j < u.size(); ++j) u[j] = beta * u[j] + s.mean[j];
-    }
-    const T step = static_cast<T>(slow_lr * gamma);
+    detail::slow_momentum_step(std::span<T>(s.anchor), std::span<T>(s.slow_velocity),
+                               std::span<const T>(s.mean), slow_momentum, slow_lr * gamma);
     const std::span<T> x = r.x();
-    for (std::size_t j = 0; j < x.size(); ++j) {
-      s.anchor[j] -= step * u[j];
-      x[j] = s.anchor[j];
-    }
+    std::copy(s.anchor.begin(), s.anchor.end(), x.begin());
     detail::settle_momentum<T>(r, momentum_buffers);
   }
 };

@@ -22,8 +22,8 @@ struct synchronous {
     std::vector<T> mean;
   };
 
-  template <class T>
-  [[nodiscard]] state<T> make_state(std::size_t dim) const {
+  template <class T, class C>
+  [[nodiscard]] state<T> make_state(std::size_t dim, const C&) const {
     return state<T>{std::vector<T>(dim)};
   }
 

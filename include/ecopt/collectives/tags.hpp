@@ -25,6 +25,7 @@ enum class collective_tag : message_tag {
   broadcast = collective_tag_base + 0x5000u,
   barrier = collective_tag_base + 0x6000u,
   global_top_k = collective_tag_base + 0x7000u,  ///< compressors/global_top_k.hpp's merge
+  gossip = collective_tag_base + 0x8000u,  ///< algorithms/stochastic_gradient_push.hpp's pushes
 };
 
 /// The tag of `op` over elements of type V: the type's kind (floating,
