@@ -33,6 +33,7 @@
 
 #include <Eigen/Core>
 
+#include "ecopt/background_channel.hpp"
 #include "ecopt/collectives/allreduce.hpp"
 #include "ecopt/collectives/collective_workspace.hpp"
 #include "ecopt/compressors/no_compression.hpp"
@@ -75,15 +76,19 @@ class schedule_round {
   using compressor_type = typename Exchange::compressor_type;
   using compensator_type = typename Exchange::compensator_type;
 
+  using channel_type = background_channel<Tr, exchange_bits>;
+
   schedule_round(Tr& transport, P& problem, Exchange& exchange, const O& optimizer,
                  optimizer_state_t<O, T>& optimizer_state, collective_workspace& workspace,
-                 run_report& report, std::uint64_t seed, std::uint64_t total_steps)
+                 channel_type& channel, run_report& report, std::uint64_t seed,
+                 std::uint64_t total_steps)
       : transport_(transport),
         problem_(problem),
         exchange_(exchange),
         optimizer_(optimizer),
         optimizer_state_(optimizer_state),
         workspace_(workspace),
+        channel_(channel),
         report_(report),
         seed_(seed),
         total_steps_(total_steps) {}
@@ -129,6 +134,41 @@ class schedule_round {
                                                                 .lr = lr});
     report_.payload_bits += bits.payload;
     report_.wire_bits += bits.wire;
+  }
+
+  /// Starts the compressed mean of `message` into `mean` on the run's
+  /// background channel (background_channel.hpp): the caller computes while it
+  /// travels, and must leave the transport, `message` and `mean` alone until
+  /// settle_background(). Its bits are charged when it is settled.
+  void exchange_in_background(std::span<const T> message, std::span<T> mean, std::uint64_t round,
+                              double lr) {
+    const round_context ctx{.seed = seed_,
+                            .round = round,
+                            .rank = transport_.rank(),
+                            .world = transport_.size(),
+                            .lr = lr};
+    struct job {
+      Exchange* exchange;
+      Tr* transport;
+      std::span<const T> message;
+      std::span<T> mean;
+      round_context ctx;
+      exchange_bits operator()() const {
+        return exchange->exchange(*transport, message, mean, ctx);
+      }
+    };
+    channel_.start(job{&exchange_, &transport_, message, mean, ctx});
+  }
+
+  /// True while a background exchange travels.
+  [[nodiscard]] bool background_in_flight() const noexcept { return channel_.in_flight(); }
+
+  /// Waits for the background exchange, if one travels, and charges its bits.
+  /// The solver calls it before it uses the transport itself (evaluations).
+  void settle_background() {
+    if (!channel_.in_flight()) return;
+    const exchange_bits bits = channel_.wait();
+    charge(bits.payload, bits.wire);
   }
 
   /// Hessian-aided compensators read the problem at the point of the gradient
@@ -183,6 +223,7 @@ class schedule_round {
   const O& optimizer_;
   optimizer_state_t<O, T>& optimizer_state_;
   collective_workspace& workspace_;
+  channel_type& channel_;
   run_report& report_;
   std::uint64_t seed_;
   std::uint64_t total_steps_;

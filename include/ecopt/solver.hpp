@@ -126,9 +126,12 @@ struct solver {
     collective_workspace workspace;
     const T inv_world = T(1) / static_cast<T>(world);
     run_report report;
+    // Declared after everything a background job uses, so that it is
+    // destroyed (and waits for its job) first.
+    background_channel<Tr, exchange_bits> channel(transport);
     schedule_round<T, Tr, P, decltype(exchange), O> round(transport, problem, exchange, optimizer,
-                                                          optimizer_state, workspace, report,
-                                                          options.seed, options.steps);
+                                                          optimizer_state, workspace, channel,
+                                                          report, options.seed, options.steps);
     const std::span<T> x_span(x.data(), d);
     const std::span<const T> gradient_span(gradient.data(), d);
 
@@ -141,6 +144,9 @@ struct solver {
     // Evaluates the global loss at the schedule's evaluation point and agrees
     // on early stopping; not charged to the bits.
     auto evaluate_and_agree = [&](std::uint64_t step) -> bool {
+      // The evaluation needs the transport: a background exchange lands
+      // first. (A modelled one has already run: its clock is left alone.)
+      if constexpr (!BackgroundTimedTransport<Tr>) round.settle_background();
       const double modelled_before = modelled();
       const std::span<const T> point =
           schedule.evaluation_point(std::span<const T>(x_span), std::as_const(schedule_state));
@@ -203,6 +209,7 @@ struct solver {
       round.at(step - 1, x_span, gradient_span);
       schedule.finish(round, schedule_state);
     }
+    round.settle_background();
     if (!stopped && step > 0) (void)evaluate_and_agree(step);
     report.steps = step;
     report.stopped_early = stopped;

@@ -19,6 +19,7 @@ TYPE_TO_STRING(ecopt::synchronous);
 TYPE_TO_STRING(ecopt::local_sgd);
 TYPE_TO_STRING(ecopt::slowmo);
 TYPE_TO_STRING(ecopt::stochastic_gradient_push);
+TYPE_TO_STRING(ecopt::overlap_local_sgd);
 
 // Everything of this file lives in its own namespace, so that test files can share a
 // translation unit (the unity build in tests/CMakeLists.txt).
@@ -77,6 +78,20 @@ struct schedule_settings<ecopt::stochastic_gradient_push> {
   static ecopt::stochastic_gradient_push typical() { return {}; }
   static constexpr const char* invalid_field = "slow_lr";
   static ecopt::stochastic_gradient_push invalid() { return {.slow_lr = -1}; }
+};
+
+/// Overlap-Local-SGD without its pull: every worker runs SGD alone (in
+/// float, like gossip: the synchronous solver's wire is float32).
+template <>
+struct schedule_settings<ecopt::overlap_local_sgd> {
+  using trivial_compressor = ecopt::no_compression;
+  using trivial_compensator = ecopt::no_compensation;
+  using trivial_scalar = float;
+  static constexpr int trivial_world = 1;
+  static ecopt::overlap_local_sgd trivial() { return {.period = 4, .pull = 0}; }
+  static ecopt::overlap_local_sgd typical() { return {.period = 4, .pull = 0.5}; }
+  static constexpr const char* invalid_field = "pull";
+  static ecopt::overlap_local_sgd invalid() { return {.pull = 1.5}; }
 };
 
 constexpr Eigen::Index size = 12;

@@ -110,6 +110,12 @@ TEST_CASE("solvers over TCP processes end bit for bit where the same runs on thr
           .optimizer = {.lr = 0.05, .momentum = 0.9},
           .schedule = {.slowmo_period = 20, .slow_momentum = 0.5}},
       "stochastic gradient push, top_k pushes, SlowMo every 20 steps");
+  check_matches_threads(
+      ecopt::solver<ecopt::top_k, ecopt::error_feedback, ecopt::nesterov, ecopt::overlap_local_sgd>{
+          .compressor = {.ratio = 0.3},
+          .optimizer = {.lr = 0.05, .momentum = 0.9},
+          .schedule = {.period = 6, .anchor_momentum = 0.5}},
+      "overlap local sgd (background averages on a communication thread)");
 }
 
 TEST_CASE("an early stop asked by one process stops every process at the same step") {

@@ -19,8 +19,10 @@ int compile_fail_probe() {
 #endif
   const ecopt::solver s{ecopt::no_compression{}, ecopt::no_compensation{}, optimizer{},
                         ecopt::local_sgd{}};
+  const Eigen::MatrixXd hessian = Eigen::MatrixXd::Identity(2, 2);
+  const Eigen::VectorXd b = Eigen::VectorXd::Zero(2);
   auto results = ecopt::run_threads(1, [&](ecopt::thread_transport& t) {
-    ecopt::quadratic<double> p(Eigen::MatrixXd::Identity(2, 2), Eigen::VectorXd::Zero(2));
+    ecopt::quadratic<double> p(hessian, b);
     Eigen::VectorXd x = Eigen::VectorXd::Zero(2);
     return s.run(t, p, x, {.steps = 1}).steps;
   });

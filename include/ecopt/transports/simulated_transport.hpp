@@ -197,6 +197,24 @@ class simulated_transport {
     compute_ += seconds;
   }
 
+  /// Runs `communicate` (messages on this transport) as if in the background
+  /// of this rank's computation: its messages are charged from the current
+  /// clock as usual, then the clock returns to where it was; returns the
+  /// modelled time at which the communication ended. Call wait_until with it
+  /// where the caller waits for the result, so a step costs max(compute,
+  /// communication), not their sum (background_channel.hpp does both).
+  template <class F>
+  double in_background(F&& communicate) {
+    const double start = clock_;
+    std::forward<F>(communicate)();
+    const double end = clock_;
+    clock_ = start;
+    return end;
+  }
+
+  /// Advances this rank's clock to `seconds` if that is later.
+  void wait_until(double seconds) { clock_ = std::max(clock_, seconds); }
+
   /// Sends through Inner with the modelled arrival time appended, and charges
   /// the injection time data.size() / beta to this rank's clock.
   void send(int to, message_tag tag, std::span<const std::byte> data) {
