@@ -19,6 +19,10 @@
 //   std::span<const T> evaluation_point(std::span<const T> x, const state&) const
 //        -- where the run's loss is evaluated (the last averaged model for
 //           schedules whose workers drift apart between exchanges)
+//   static constexpr bool evaluates_average = true      -- optional: the loss
+//        is evaluated at the exact mean over workers of evaluation_point
+//        (gossip, Overlap-Local-SGD: their workers never hold the same model);
+//        its allreduce, like the evaluation, is not charged to the run
 //
 // schedule_round is what the solver lends a schedule for one step: the
 // exchange (compressed mean, bits charged), an uncompressed mean (bits
@@ -64,6 +68,16 @@ concept Schedule = std::floating_point<T> && std::copy_constructible<S> &&
   s.begin(x, state);
   { s.evaluation_point(x, std::as_const(state)) } -> std::convertible_to<std::span<const T>>;
 };
+
+/// Whether the run's loss is evaluated at the mean of the workers' models.
+template <class S>
+inline constexpr bool evaluates_average = [] {
+  if constexpr (requires { S::evaluates_average; }) {
+    return static_cast<bool>(S::evaluates_average);
+  } else {
+    return false;
+  }
+}();
 
 /// What the solver lends a schedule for one step (see the header comment).
 /// Made by solver::run; every member acts on this rank and, where it

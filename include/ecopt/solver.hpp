@@ -123,6 +123,7 @@ struct solver {
     auto optimizer_state = optimizer.template make_state<T>(d);
     auto schedule_state = schedule.template make_state<T>(d, compressor);
     vector_t<T> gradient(d);
+    std::vector<T> average_point(evaluates_average<S> ? d : 0);
     collective_workspace workspace;
     const T inv_world = T(1) / static_cast<T>(world);
     run_report report;
@@ -148,8 +149,14 @@ struct solver {
       // first. (A modelled one has already run: its clock is left alone.)
       if constexpr (!BackgroundTimedTransport<Tr>) round.settle_background();
       const double modelled_before = modelled();
-      const std::span<const T> point =
+      std::span<const T> point =
           schedule.evaluation_point(std::span<const T>(x_span), std::as_const(schedule_state));
+      if constexpr (evaluates_average<S>) {
+        std::copy(point.begin(), point.end(), average_point.begin());
+        allreduce_sum(transport, std::span<T>(average_point), workspace);
+        for (T& v : average_point) v *= inv_world;
+        point = std::span<const T>(average_point);
+      }
       double loss = problem.loss(Eigen::Map<const vector_t<T>>(point.data(), x.size()));
       allreduce_sum(transport, std::span<double>(&loss, 1), workspace);
       info.step = step;

@@ -38,6 +38,8 @@ namespace ecopt {
 
 struct overlap_local_sgd {
   static constexpr std::string_view name = "overlap_local_sgd";
+  /// The workers hold different models: the run's loss is evaluated at their mean.
+  static constexpr bool evaluates_average = true;
 
   std::uint64_t period = 12;   ///< tau: local steps between boundaries
   double pull = 0.2;           ///< alpha in [0, 1]: how far a boundary pulls x toward z
@@ -88,8 +90,7 @@ struct overlap_local_sgd {
     std::copy(r.x().begin(), r.x().end(), s.anchor.begin());
   }
 
-  /// Each worker's own model (the run's loss is the mean of the workers'
-  /// losses at their own models).
+  /// This worker's model; the solver evaluates the mean of them (evaluates_average).
   template <class T>
   [[nodiscard]] std::span<const T> evaluation_point(std::span<const T> x, const state<T>&) const {
     return x;

@@ -68,6 +68,8 @@ namespace detail {
 
 struct stochastic_gradient_push {
   static constexpr std::string_view name = "stochastic_gradient_push";
+  /// The workers hold different models: the run's loss is evaluated at their mean.
+  static constexpr bool evaluates_average = true;
 
   std::uint64_t slowmo_period =
       0;                     ///< tau: exact average + slow momentum every tau steps (0: never)
@@ -144,8 +146,8 @@ struct stochastic_gradient_push {
     }
   }
 
-  /// Each worker's own de-biased model (the run's loss is the mean of the
-  /// workers' losses at their own models).
+  /// This worker's de-biased model; the solver evaluates the mean of them
+  /// (evaluates_average).
   template <class T, class C>
   [[nodiscard]] std::span<const T> evaluation_point(std::span<const T> x,
                                                     const state<T, C>&) const {
