@@ -275,6 +275,41 @@ TEST_CASE("slow momentum speeds up local SGD where progress is slow (SlowMo's cl
   CHECK(slow[0].report.payload_bits == local[0].report.payload_bits);
 }
 
+TEST_CASE("an early stop ends every schedule on every rank at the same step, averaged") {
+  // Rank 2 asks to stop at its first evaluation past step 20; the others
+  // follow, and the models are averaged before the run returns.
+  struct stop_on_rank_two {
+    int rank;
+    ecopt::observer_action on_eval(const ecopt::progress& p) const {
+      return rank == 2 && p.step > 20 ? ecopt::observer_action::stop
+                                      : ecopt::observer_action::proceed;
+    }
+  };
+  auto check = [](const auto& s) {
+    auto out = ecopt::run_threads(3, [&](ecopt::thread_transport& t) {
+      const shard data(t.rank());
+      auto problem = data.problem();
+      Eigen::VectorXd x = Eigen::VectorXd::Constant(dim, 0.25);
+      auto report = s.run(t, problem, x, {.steps = 200, .seed = 3, .eval_every = 6},
+                          stop_on_rank_two{t.rank()});
+      return outcome{x, report};
+    });
+    for (const auto& o : out) {
+      CHECK(o.report.stopped_early);
+      CHECK(o.report.steps == 24);
+      CHECK(same_bits(o.x, out[0].x));
+      // Every rank learns every rank's bits (top-k's index code varies by rank).
+      CHECK(o.report.payload_bits_per_worker == out[0].report.payload_bits_per_worker);
+    }
+  };
+  const ecopt::nesterov opt{.lr = 0.05, .momentum = 0.9};
+  const ecopt::top_k sparse{.ratio = 0.25};
+  check(ecopt::solver{sparse, ecopt::error_feedback{}, opt, ecopt::local_sgd{.period = 5}});
+  check(ecopt::solver{sparse, ecopt::error_feedback{}, opt, ecopt::slowmo{.period = 5}});
+  check(ecopt::solver{sparse, ecopt::no_compensation{}, opt, ecopt::stochastic_gradient_push{}});
+  check(ecopt::solver{sparse, ecopt::error_feedback{}, opt, ecopt::overlap_local_sgd{.period = 5}});
+}
+
 TEST_CASE("refused schedule settings are named") {
   auto refuse = [](const auto& s, const char* what) {
     auto body = [&](ecopt::thread_transport& t) {

@@ -59,7 +59,9 @@ struct eclk {
   double p = 0.1;              ///< probability of a new snapshot per round
   std::size_t batch_size = 1;  ///< samples per rank per round
 
-  /// The parameters of L-Katyusha's theorem (Kovalev et al. 2019): with
+  /// A heuristic, not the paper's rule: Qian, Richtarik, Zhang state ECLK's
+  /// step with delta-dependent constants we could not check, so this takes
+  /// the parameters of L-Katyusha's theorem (Kovalev et al. 2019): with
   /// sigma = mu / L,
   ///   theta1 = min(sqrt(2 sigma / (3 p)), 1/2),  theta2 = 1/2,
   ///   eta = theta2 / ((1 + theta2) theta1) = 1 / (3 theta1),  lr = eta / L,
