@@ -10,6 +10,7 @@ packages=(
   doctest-dev libbenchmark-dev
   libopenmpi-dev openmpi-bin
   dataset-fashion-mnist liblinear-tools
+  gnuplot-nox
 )
 
 missing=()
