@@ -35,6 +35,8 @@
 #include <type_traits>
 #include <vector>
 
+#include <Eigen/Core>
+
 #include "ecopt/error.hpp"
 #include "ecopt/transports/detail/crc32c.hpp"
 
@@ -304,6 +306,13 @@ class checkpoint_saver {
   template <class V>
   requires std::is_arithmetic_v<V>
   void operator()(std::string_view name, const V& v) { c_.put(prefix_ + std::string(name), v); }
+  /// An Eigen vector or matrix: its coefficients in storage order.
+  template <class Derived>
+  void operator()(std::string_view name, const Eigen::PlainObjectBase<Derived>& m) {
+    using V = typename Derived::Scalar;
+    c_.put(prefix_ + std::string(name),
+           std::span<const V>(m.data(), static_cast<std::size_t>(m.size())));
+  }
   void text(std::string_view name, std::string_view expected) {
     c_.put_text(prefix_ + std::string(name), expected);
   }
@@ -330,6 +339,12 @@ class checkpoint_loader {
   template <class V>
   requires std::is_arithmetic_v<V>
   void operator()(std::string_view name, V& v) { v = c_.get<V>(prefix_ + std::string(name)); }
+  /// An Eigen vector or matrix of the size make_state gave it.
+  template <class Derived>
+  void operator()(std::string_view name, Eigen::PlainObjectBase<Derived>& m) {
+    using V = typename Derived::Scalar;
+    c_.get(prefix_ + std::string(name), std::span<V>(m.data(), static_cast<std::size_t>(m.size())));
+  }
   void text(std::string_view name, std::string_view expected) {
     c_.expect_text(prefix_ + std::string(name), expected);
   }

@@ -66,6 +66,14 @@ struct diagonal_hessian {
     std::uint64_t observations = 0;
     /// Set by observe_curvature, consumed by compensate.
     bool observed = false;
+    template <class Archive>
+    void persist(Archive& a) {
+      a("diagonal", diagonal);
+      a("memory", memory);
+      a("last_lr", last_lr);
+      a("observations", observations);
+      a("observed", observed);
+    }
   };
 
   template <class T>

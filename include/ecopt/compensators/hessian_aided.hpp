@@ -80,6 +80,15 @@ struct hessian_aided {
     std::uint64_t observations = 0;
     /// Set by observe_curvature, consumed by compensate.
     bool observed = false;
+    template <class Archive>
+    void persist(Archive& a) {
+      a("hessian", hessian);
+      a("memory", memory);
+      a("product", product);
+      a("last_lr", last_lr);
+      a("observations", observations);
+      a("observed", observed);
+    }
   };
 
   template <class T>

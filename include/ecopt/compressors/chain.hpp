@@ -41,6 +41,7 @@
 
 #include "ecopt/bit_reader.hpp"
 #include "ecopt/bit_writer.hpp"
+#include "ecopt/checkpoint.hpp"
 #include "ecopt/compressor.hpp"
 #include "ecopt/compressors/detail/index_coding.hpp"
 #include "ecopt/compressors/detail/payload.hpp"
@@ -134,6 +135,13 @@ struct chain {
     compressor_state_t<B, T> second;     ///< B's state, dimension k
     std::vector<T> values;               ///< the kept values (encode) or B's output (decode)
     std::vector<std::uint32_t> indices;  ///< the decoded index set
+    /// What A and B carry; the kept values and indices are per round.
+    template <class Archive>
+    void persist(Archive& a) requires PersistentState<compressor_state_t<A, T>> &&
+        PersistentState<compressor_state_t<B, T>> {
+      a.nest("first", first);
+      a.nest("second", second);
+    }
   };
 
   template <class T>

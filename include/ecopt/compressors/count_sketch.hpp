@@ -339,6 +339,9 @@ struct count_sketch {
     std::vector<float> values;                     ///< m: exact sums at the candidates
     std::vector<std::uint32_t> picked;             ///< k: positions among the candidates
     std::vector<std::uint32_t> selected;           ///< k: the last update's support, increasing
+    /// Nothing is carried from round to round (the hashes are drawn per round).
+    template <class Archive>
+    void persist(Archive&) {}
   };
 
   template <class T>

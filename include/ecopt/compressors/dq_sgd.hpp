@@ -147,6 +147,11 @@ struct dq_sgd {
     std::size_t dim = 0;
     std::uint32_t last_levels = 0;               ///< s_t of the latest encode (0 = none yet)
     std::vector<std::uint16_t> levels_by_round;  ///< s_t by round t < horizon (0 = not encoded)
+    template <class Archive>
+    void persist(Archive& a) {
+      a("last_levels", last_levels);
+      a("levels_by_round", levels_by_round);
+    }
   };
 
   template <class T>

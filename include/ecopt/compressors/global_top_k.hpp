@@ -199,6 +199,11 @@ struct global_top_k {
     std::vector<float> in_val;          ///< received set: values
     std::vector<std::uint8_t> in_flag;  ///< received set: flags (result message)
     std::vector<std::uint64_t> keys;    ///< selection keys of the merge output (2k)
+    /// Only top_k's state carries over; the merge buffers are per round.
+    template <class Archive>
+    void persist(Archive& a) {
+      a.nest("local", local);
+    }
   };
 
   template <class T>

@@ -59,6 +59,9 @@ struct grid_rounding {
   template <class T>
   struct state {
     std::vector<std::uint32_t> levels;  ///< zigzag-coded levels of the last encode
+    /// Nothing is carried from round to round.
+    template <class Archive>
+    void persist(Archive&) {}
   };
 
   template <class T>

@@ -101,6 +101,9 @@ struct terngrad {
   struct state {
     std::size_t dim = 0;
     std::vector<float> scales;  ///< one per bucket: the last payload encoded or decoded
+    /// Nothing is carried from round to round.
+    template <class Archive>
+    void persist(Archive&) {}
   };
 
   template <class T>

@@ -113,6 +113,9 @@ struct threshold_top_k {
     detail::top_k_selector<T> selector;
     std::size_t count = 0;        ///< entries kept by the last encode
     bool used_threshold = false;  ///< the last encode sent the sampled threshold's set as is
+    /// Nothing is carried from round to round (the threshold is sampled anew).
+    template <class Archive>
+    void persist(Archive&) {}
   };
 
   template <class T>

@@ -47,6 +47,13 @@ struct accelerated_sgd {
     vector_t<T> query;       ///< x^md of this round
     bool started = false;
     bool taken = false;  ///< the gradient hook ran this round
+    template <class Archive>
+    void persist(Archive& a) {
+      a("aggressive", aggressive);
+      a("query", query);
+      a("started", started);
+      a("taken", taken);
+    }
   };
 
   template <class T>

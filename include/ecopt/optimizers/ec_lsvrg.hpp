@@ -51,6 +51,11 @@ struct ec_lsvrg {
   struct state {
     detail::loopless_snapshot<T> snapshot;  ///< w and grad f(w) of this rank's shard
     bool taken = false;                     ///< the gradient hook ran this round
+    template <class Archive>
+    void persist(Archive& a) {
+      a.nest("snapshot", snapshot);
+      a("taken", taken);
+    }
   };
 
   template <class T>

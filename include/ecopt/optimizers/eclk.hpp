@@ -113,6 +113,13 @@ struct eclk {
     vector_t<T> query;                      ///< x_k of this round
     detail::loopless_snapshot<T> snapshot;  ///< w and u = grad f(w) of the global objective
     bool taken = false;                     ///< the gradient hook ran this round
+    template <class Archive>
+    void persist(Archive& a) {
+      a("z", z);
+      a("query", query);
+      a.nest("snapshot", snapshot);
+      a("taken", taken);
+    }
   };
 
   template <class T>

@@ -31,6 +31,16 @@ struct loopless_snapshot {
   bool started = false;
   bool due = false;  ///< the coin replaced w: its full gradient is due
 
+  /// w, its full gradient and the coin's bookkeeping (the batch is per round).
+  template <class Archive>
+  void persist(Archive& a) {
+    a("point", point);
+    a("gradient", gradient);
+    a("refreshes", refreshes);
+    a("started", started);
+    a("due", due);
+  }
+
   /// Zero vectors of size dim and a batch of batch_size indices.
   [[nodiscard]] static loopless_snapshot zeros(std::size_t dim, std::size_t batch_size) {
     const auto d = static_cast<Eigen::Index>(dim);
