@@ -18,6 +18,7 @@ enum class stream_purpose : std::uint64_t {
   sampling = 3,            ///< minibatch sampling in a problem
   algorithm = 4,           ///< coins of an algorithm (snapshots, schedules)
   test = 5,                ///< draws in tests and benchmarks
+  stragglers = 6,          ///< compute times of straggler_model
 };
 
 namespace detail {

@@ -36,6 +36,7 @@
 #include "ecopt/round_context.hpp"
 #include "ecopt/run_report.hpp"
 #include "ecopt/solver.hpp"
+#include "ecopt/straggler_model.hpp"
 #include "ecopt/transport.hpp"
 #include "ecopt/transports/simulated_transport.hpp"
 #include "ecopt/transports/thread_transport.hpp"
