@@ -624,6 +624,23 @@ TEST_SUITE("tcp_transport") {
               .empty());
   }
 
+  TEST_CASE("text a peer sends is escaped before it reaches an error message") {
+    CHECK(wire::printable("rank 3: ok") == "rank 3: ok");
+    CHECK(wire::printable(std::string("a\x1b[2J\nb\\c\0\xff", 11)) ==
+          "a\\x1b[2J\\x0ab\\x5cc\\x00\\xff");
+    // A hostile abort reason: escape sequences and a forged second line.
+    const std::string reason = "boom\x1b[31m\nrank 0: all is well\r";
+    const auto bytes = std::as_bytes(std::span(reason.data(), reason.size()));
+    const std::string error = rank0_against([&](raw_peer& p) {
+      p.write_frame(wire::make_header(wire::frame_kind::abort, 1, 0, bytes), bytes);
+    });
+    CAPTURE(error);
+    CHECK(contains(error, "peer rank 1 failed: boom\\x1b[31m\\x0arank 0: all is well\\x0d"));
+    CHECK(error.find('\x1b') == std::string::npos);
+    CHECK(error.find('\n') == std::string::npos);
+    CHECK(error.find('\r') == std::string::npos);
+  }
+
   TEST_CASE("handshakes with a wrong world size, job token, rank or frame are refused") {
     std::promise<std::uint16_t> port;
     auto port_known = port.get_future();

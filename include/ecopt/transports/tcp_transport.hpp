@@ -1285,8 +1285,9 @@ class tcp_transport {
       return false;
     }
     if (l.frame.kind == frame_kind::abort) {
-      std::string reason(reinterpret_cast<const char*>(l.body.data()), length);
-      read_failed(j, "peer rank " + std::to_string(j) + " failed: " + reason);
+      const std::string_view reason(reinterpret_cast<const char*>(l.body.data()), length);
+      read_failed(
+          j, "peer rank " + std::to_string(j) + " failed: " + detail::tcp_wire::printable(reason));
       return false;
     }
     if (l.body_in_target) {

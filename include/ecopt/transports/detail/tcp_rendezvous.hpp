@@ -376,9 +376,9 @@ class tcp_rendezvous {
     const int j = c->peer;
     const std::string who = "rank " + std::to_string(j) + " (" + c->where + ")";
     if (h.kind == tcp_wire::frame_kind::reject) {
-      fatal_ =
-          who + " refused the handshake: " +
-          std::string(reinterpret_cast<const char*>(c->payload_in.data()), c->payload_in.size());
+      fatal_ = who + " refused the handshake: " +
+               tcp_wire::printable(std::string_view(
+                   reinterpret_cast<const char*>(c->payload_in.data()), c->payload_in.size()));
       return;
     }
     if (cfg_.directory_mode && j == 0) {

@@ -40,6 +40,26 @@ inline constexpr std::size_t max_host_length = 255;
 /// Longest reason text in a reject or abort frame.
 inline constexpr std::size_t max_reason_length = 1024;
 
+/// Text a peer sent (a reject or abort reason) as it may appear in an error
+/// message: bytes outside printable ASCII, and the backslash, as \xNN, so a
+/// hostile peer cannot move the cursor, clear a terminal or forge lines.
+[[nodiscard]] inline std::string printable(std::string_view text) {
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(text.size());
+  for (const char c : text) {
+    const auto b = static_cast<unsigned char>(c);
+    if (b >= 0x20 && b < 0x7f && b != '\\') {
+      out += c;
+    } else {
+      out += "\\x";
+      out += digits[b >> 4];
+      out += digits[b & 0xf];
+    }
+  }
+  return out;
+}
+
 enum class frame_kind : std::uint8_t {
   data = 1,        ///< a message: tag + payload
   hello = 2,       ///< rank -> rank 0: join the job (hello_payload)
