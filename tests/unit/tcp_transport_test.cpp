@@ -679,6 +679,10 @@ TEST_SUITE("tcp_transport") {
                                     ") refused the handshake: world size 3 does not match rank 0's "
                                     "world size 2"));
     CHECK(contains(join_error(2, "beta"), "refused the handshake: job token does not match"));
+    // Without the token a peer learns nothing of the job, not even its world size.
+    const std::string stranger = join_error(3, "beta");
+    CHECK(contains(stranger, "refused the handshake: job token does not match"));
+    CHECK_FALSE(contains(stranger, "world size 2"));
 
     // Raw clients: a rank out of range, garbage, and one that never speaks
     // (it must not hold up the others).

@@ -248,8 +248,14 @@ class tcp_rendezvous {
         });
   }
 
-  /// World size, token and header sender of a hello or ack must match this job.
+  /// Token, header sender and world size of a hello or ack must match this
+  /// job. The token first: a peer without it learns nothing of the job (not
+  /// even its world size) from the refusal.
   void check_identity(const tcp_wire::hello_payload& hello, std::uint32_t sender) const {
+    if (hello.token != cfg_.token) {
+      throw transport_error("job token does not match rank " + std::to_string(cfg_.rank) +
+                            "'s (a process of another job, or a different ECOPT_JOB_TOKEN)");
+    }
     if (hello.rank != sender) {
       throw transport_error("the frame header says sender " + std::to_string(sender) +
                             " but the payload says rank " + std::to_string(hello.rank));
@@ -258,10 +264,6 @@ class tcp_rendezvous {
       throw transport_error("world size " + std::to_string(hello.world_size) +
                             " does not match rank " + std::to_string(cfg_.rank) + "'s world size " +
                             std::to_string(cfg_.world));
-    }
-    if (hello.token != cfg_.token) {
-      throw transport_error("job token does not match rank " + std::to_string(cfg_.rank) +
-                            "'s (a process of another job, or a different ECOPT_JOB_TOKEN)");
     }
   }
 
