@@ -10,6 +10,8 @@
 #include <utility>
 
 #include "ecopt/data/idx.hpp"
+#include "ecopt/problems/mlp.hpp"
+#include "ecopt/problems/shard.hpp"
 
 namespace ecopt_examples {
 
@@ -50,6 +52,18 @@ inline fashion_mnist_data load_fashion_mnist(const std::filesystem::path& dir) {
   auto test = load_fashion_mnist_split(dir, "t10k");
   return {std::move(train.images), std::move(test.images), std::move(train.labels),
           std::move(test.labels)};
+}
+
+/// The MLP of one worker: its contiguous shard of the training images (of
+/// `world`), ten classes. The problem views `data`, which must outlive it.
+inline ecopt::mlp<float> training_shard_mlp(const fashion_mnist_data& data, int rank, int world,
+                                            ecopt::mlp_options options) {
+  const auto m = static_cast<std::size_t>(data.train_images.cols());
+  const auto shard = ecopt::shard_range(m, rank, world);
+  const auto begin = static_cast<Eigen::Index>(shard.begin);
+  const auto count = static_cast<Eigen::Index>(shard.count);
+  return ecopt::mlp<float>(data.train_images.middleCols(begin, count),
+                           data.train_labels.segment(begin, count), 10, options);
 }
 
 }  // namespace ecopt_examples

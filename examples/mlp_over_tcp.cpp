@@ -112,13 +112,8 @@ struct time_to_accuracy {
 template <class Solver>
 int run(const settings& s, const Solver& solver, const dataset& data,
         ecopt::tcp_transport& transport) {
-  const auto m = static_cast<std::size_t>(data.train_images.cols());
-  const auto shard = ecopt::shard_range(m, transport.rank(), transport.size());
-  ecopt::mlp<float> problem(data.train_images.middleCols(static_cast<Eigen::Index>(shard.begin),
-                                                         static_cast<Eigen::Index>(shard.count)),
-                            data.train_labels.segment(static_cast<Eigen::Index>(shard.begin),
-                                                      static_cast<Eigen::Index>(shard.count)),
-                            classes, {.hidden = s.hidden, .batch_size = s.batch});
+  auto problem = ecopt_examples::training_shard_mlp(data, transport.rank(), transport.size(),
+                                                    {.hidden = s.hidden, .batch_size = s.batch});
   ecopt::mlp<float> judge(data.test_images, data.test_labels, classes, {.hidden = s.hidden});
   timed_mlp timed{problem};
   Eigen::VectorXf x = problem.initial_point(s.seed);

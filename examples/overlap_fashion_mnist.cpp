@@ -88,7 +88,6 @@ struct compute_charge {
 template <class Solver>
 row train(std::string name, double ratio, const Solver& solver, const dataset& data,
           const settings& s, std::uint64_t steps) {
-  const auto m = static_cast<std::size_t>(data.train_images.cols());
   // One average of the d-float model: about 2 (n - 1) / n * 4 d bytes per rank
   // through its link; the bandwidth that makes it take ratio * tau * t_c.
   const double d =
@@ -99,11 +98,8 @@ row train(std::string name, double ratio, const Solver& solver, const dataset& d
   Eigen::VectorXf model;
   auto reports = ecopt::run_threads(s.workers, [&](ecopt::thread_transport& t) {
     ecopt::simulated_transport sim(t, ecopt::network_model::uniform(0, bandwidth));
-    const auto shard = ecopt::shard_range(m, t.rank(), t.size());
-    const auto b = static_cast<Eigen::Index>(shard.begin);
-    const auto c = static_cast<Eigen::Index>(shard.count);
-    ecopt::mlp<float> problem(data.train_images.middleCols(b, c), data.train_labels.segment(b, c),
-                              classes, {.hidden = s.hidden, .batch_size = s.batch});
+    auto problem = ecopt_examples::training_shard_mlp(data, t.rank(), t.size(),
+                                                      {.hidden = s.hidden, .batch_size = s.batch});
     Eigen::VectorXf x = problem.initial_point(s.seed);
     const ecopt::print_progress printer{.out = stderr, .label = name};
     auto report =

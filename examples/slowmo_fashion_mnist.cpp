@@ -75,16 +75,12 @@ struct row {
 template <class Solver>
 void train(row& r, const Solver& solver, const dataset& data, const settings& s, std::ofstream* csv,
            bool& first_csv_row) {
-  const auto m = static_cast<std::size_t>(data.train_images.cols());
   const auto start = std::chrono::steady_clock::now();
   for (std::uint64_t seed = 1; seed <= s.seeds; ++seed) {
     Eigen::VectorXf model;
     auto reports = ecopt::run_threads(s.workers, [&](ecopt::thread_transport& t) {
-      const auto shard = ecopt::shard_range(m, t.rank(), t.size());
-      const auto b = static_cast<Eigen::Index>(shard.begin);
-      const auto c = static_cast<Eigen::Index>(shard.count);
-      ecopt::mlp<float> problem(data.train_images.middleCols(b, c), data.train_labels.segment(b, c),
-                                classes, {.hidden = s.hidden, .batch_size = s.batch});
+      auto problem = ecopt_examples::training_shard_mlp(
+          data, t.rank(), t.size(), {.hidden = s.hidden, .batch_size = s.batch});
       Eigen::VectorXf x = problem.initial_point(seed);
       const ecopt::print_progress printer{.out = stderr, .label = r.name};
       auto report = solver.run(

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "ecopt/ecopt.hpp"
@@ -77,20 +78,26 @@ bool same_bits(const Eigen::VectorXd& a, const Eigen::VectorXd& b) {
          std::memcmp(a.data(), b.data(), sizeof(double) * static_cast<std::size_t>(a.size())) == 0;
 }
 
-/// Same iterates bit for bit, same evaluated losses, same bits on every rank.
-void require_identical(const std::vector<outcome>& a, const std::vector<outcome>& b) {
-  REQUIRE(a.size() == b.size());
+/// What first differs between two runs on any rank -- iterates bit for bit,
+/// steps, bits, evaluated losses -- or "" when nothing does. Also refuses a
+/// pair that never left the start, so a match is not vacuous.
+std::string first_difference(const std::vector<outcome>& a, const std::vector<outcome>& b) {
+  if (a.size() != b.size()) return "world sizes differ";
   for (std::size_t r = 0; r < a.size(); ++r) {
-    CAPTURE(r);
-    CHECK(same_bits(a[r].x, b[r].x));
-    CHECK(a[r].report.steps == b[r].report.steps);
-    CHECK(a[r].report.payload_bits == b[r].report.payload_bits);
-    CHECK(a[r].report.wire_bits == b[r].report.wire_bits);
-    REQUIRE(a[r].report.history.size() == b[r].report.history.size());
+    const std::string rank = "rank " + std::to_string(r) + ": ";
+    if (!same_bits(a[r].x, b[r].x)) return rank + "iterates differ";
+    if (same_bits(a[r].x, Eigen::VectorXd::Constant(dim, 0.25))) return rank + "x never moved";
+    if (a[r].report.steps != b[r].report.steps) return rank + "steps differ";
+    if (a[r].report.payload_bits != b[r].report.payload_bits) return rank + "payload bits differ";
+    if (a[r].report.wire_bits != b[r].report.wire_bits) return rank + "wire bits differ";
+    if (a[r].report.history.size() != b[r].report.history.size()) return rank + "histories differ";
     for (std::size_t i = 0; i < a[r].report.history.size(); ++i) {
-      CHECK(a[r].report.history[i].loss == b[r].report.history[i].loss);
+      if (a[r].report.history[i].loss != b[r].report.history[i].loss) {
+        return rank + "loss at evaluation " + std::to_string(i) + " differs";
+      }
     }
   }
+  return "";
 }
 
 const ecopt::run_options every_step{.steps = 30, .seed = 5, .eval_every = 1};
@@ -102,30 +109,32 @@ TEST_CASE("local SGD with H = 1 and plain SGD is the synchronous solver, bit for
     CAPTURE(world);
     SUBCASE("dense") {
       const ecopt::sgd opt{.lr = 0.1};
-      require_identical(
-          run_on_threads(ecopt::solver{ecopt::no_compression{}, ecopt::no_compensation{}, opt,
-                                       ecopt::local_sgd{.period = 1}},
-                         world, every_step),
-          run_on_threads(ecopt::solver{ecopt::no_compression{}, ecopt::no_compensation{}, opt},
-                         world, every_step));
+      CHECK(
+          first_difference(
+              run_on_threads(ecopt::solver{ecopt::no_compression{}, ecopt::no_compensation{}, opt,
+                                           ecopt::local_sgd{.period = 1}},
+                             world, every_step),
+              run_on_threads(ecopt::solver{ecopt::no_compression{}, ecopt::no_compensation{}, opt},
+                             world, every_step)) == "");
     }
     SUBCASE("top-k with error feedback, decaying step size") {
       const ecopt::sgd opt{.lr = 0.2, .lr_decay = 0.1};
-      require_identical(
-          run_on_threads(ecopt::solver{ecopt::top_k{.ratio = 0.25}, ecopt::error_feedback{}, opt,
-                                       ecopt::local_sgd{.period = 1}},
-                         world, every_step),
-          run_on_threads(ecopt::solver{ecopt::top_k{.ratio = 0.25}, ecopt::error_feedback{}, opt},
-                         world, every_step));
+      CHECK(first_difference(
+                run_on_threads(ecopt::solver{ecopt::top_k{.ratio = 0.25}, ecopt::error_feedback{},
+                                             opt, ecopt::local_sgd{.period = 1}},
+                               world, every_step),
+                run_on_threads(
+                    ecopt::solver{ecopt::top_k{.ratio = 0.25}, ecopt::error_feedback{}, opt}, world,
+                    every_step)) == "");
     }
     SUBCASE("PowerSGD with error feedback") {
       const ecopt::sgd opt{.lr = 0.1};
       const ecopt::power_sgd compressor{.rank = 2, .rows = 4};
-      require_identical(run_on_threads(ecopt::solver{compressor, ecopt::error_feedback{}, opt,
-                                                     ecopt::local_sgd{.period = 1}},
-                                       world, every_step),
-                        run_on_threads(ecopt::solver{compressor, ecopt::error_feedback{}, opt},
-                                       world, every_step));
+      CHECK(first_difference(run_on_threads(ecopt::solver{compressor, ecopt::error_feedback{}, opt,
+                                                          ecopt::local_sgd{.period = 1}},
+                                            world, every_step),
+                             run_on_threads(ecopt::solver{compressor, ecopt::error_feedback{}, opt},
+                                            world, every_step)) == "");
     }
   }
 }
@@ -136,27 +145,29 @@ TEST_CASE("SlowMo with beta = 0 and alpha = 1 is local SGD, bit for bit") {
   for (const auto buffers : {ecopt::local_momentum::keep, ecopt::local_momentum::reset,
                              ecopt::local_momentum::average}) {
     CAPTURE(static_cast<int>(buffers));
-    require_identical(
-        run_on_threads(
-            ecopt::solver{
-                ecopt::top_k{.ratio = 0.25}, ecopt::error_feedback{}, opt,
-                ecopt::slowmo{
-                    .period = 4, .slow_lr = 1, .slow_momentum = 0, .momentum_buffers = buffers}},
-            3, options),
-        run_on_threads(ecopt::solver{ecopt::top_k{.ratio = 0.25}, ecopt::error_feedback{}, opt,
-                                     ecopt::local_sgd{.period = 4, .momentum_buffers = buffers}},
-                       3, options));
+    CHECK(
+        first_difference(
+            run_on_threads(ecopt::solver{ecopt::top_k{.ratio = 0.25}, ecopt::error_feedback{}, opt,
+                                         ecopt::slowmo{.period = 4,
+                                                       .slow_lr = 1,
+                                                       .slow_momentum = 0,
+                                                       .momentum_buffers = buffers}},
+                           3, options),
+            run_on_threads(
+                ecopt::solver{ecopt::top_k{.ratio = 0.25}, ecopt::error_feedback{}, opt,
+                              ecopt::local_sgd{.period = 4, .momentum_buffers = buffers}},
+                3, options)) == "");
   }
 }
 
 TEST_CASE("SlowMo with H = 1, beta = 0, alpha = 1 and plain SGD is the synchronous solver") {
   const ecopt::sgd opt{.lr = 0.1};
-  require_identical(
-      run_on_threads(ecopt::solver{ecopt::qsgd{.levels = 4}, ecopt::error_feedback{}, opt,
-                                   ecopt::slowmo{.period = 1, .slow_momentum = 0}},
-                     2, every_step),
-      run_on_threads(ecopt::solver{ecopt::qsgd{.levels = 4}, ecopt::error_feedback{}, opt}, 2,
-                     every_step));
+  CHECK(first_difference(
+            run_on_threads(ecopt::solver{ecopt::qsgd{.levels = 4}, ecopt::error_feedback{}, opt,
+                                         ecopt::slowmo{.period = 1, .slow_momentum = 0}},
+                           2, every_step),
+            run_on_threads(ecopt::solver{ecopt::qsgd{.levels = 4}, ecopt::error_feedback{}, opt}, 2,
+                           every_step)) == "");
 }
 
 TEST_CASE("a period costs one exchange: the bits are synchronous SGD's divided by H") {
