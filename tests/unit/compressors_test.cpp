@@ -458,6 +458,30 @@ TEST_CASE("rand_k scales by d/k, rand_k_unscaled does not") {
   CHECK(ecopt::rand_k{.k = 20}.bits(d) == 640);
 }
 
+TEST_CASE("rand_k rejects finite values that overflow once scaled by d/k") {
+  // k = 1 of d = 100: a value of 1e37 is a finite float32, but 100 * 1e37 is not.
+  constexpr std::size_t d = 100;
+  const ecopt::rand_k c{.k = 1};
+  const round_context sender{.seed = 3, .round = 1};
+  const auto payload = handmade([](ecopt::bit_writer& w) { w.write_f32(1e37f); });
+  auto sf = c.make_state<float>(d);
+  std::vector<float> out(d, 0.0f);
+  ecopt::bit_reader r(payload);
+  CHECK_THROWS_WITH_AS(c.decode_add(r, sf, std::span<float>(out), 1.0f, sender),
+                       doctest::Contains("not finite"), ecopt::decode_error);
+  CHECK(std::all_of(out.begin(), out.end(), [](float v) { return v == 0.0f; }));
+  const std::vector<float> summed{1e37f};
+  CHECK_THROWS_WITH_AS(
+      c.decode_summed(std::span<const float>(summed), sf, std::span<float>(out), 1.0f, sender),
+      doctest::Contains("not finite"), ecopt::decode_error);
+  // A double model holds the scaled value: nothing to reject there.
+  auto sd = c.make_state<double>(d);
+  std::vector<double> wide(d, 0.0);
+  ecopt::bit_reader rd(payload);
+  c.decode_add(rd, sd, std::span<double>(wide), 1.0, sender);
+  CHECK(std::count(wide.begin(), wide.end(), 100.0 * double{1e37f}) == 1);
+}
+
 TEST_CASE("no_compression sends the float32 values") {
   harness<ecopt::no_compression, double> h({}, 3);
   const std::vector<double> x{0.1, -2.0, 1e-40};

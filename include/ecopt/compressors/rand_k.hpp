@@ -18,6 +18,7 @@
 // indices without a sort when k is large.
 #include <algorithm>
 #include <bit>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -102,7 +103,7 @@ struct basic_rand_k {
     detail::read_values(in, s.k, "rand_k value",
                         [o, idx, c](std::size_t at, std::span<const float> v) {
                           for (std::size_t i = 0; i < v.size(); ++i)
-                            o[idx[at + i]] += c * static_cast<T>(v[i]);
+                            o[idx[at + i]] += scaled(c, v[i], at + i);
                         });
     in.expect_end(name.data());
   }
@@ -130,7 +131,7 @@ struct basic_rand_k {
     detail::require_finite(buf, "summed value");
     draw(s, ctx);
     const T c = scale * factor<T>(s);
-    for (std::size_t i = 0; i < s.k; ++i) out[s.indices[i]] += c * static_cast<T>(buf[i]);
+    for (std::size_t i = 0; i < s.k; ++i) out[s.indices[i]] += scaled(c, buf[i], i);
   }
 
   /// The indices this policy keeps for `ctx` (increasing); for tests and observers.
@@ -148,6 +149,16 @@ struct basic_rand_k {
     } else {
       return T(1);
     }
+  }
+
+  /// c * v, checked after the scaling: a finite float32 times d/k can overflow a
+  /// float model to infinity.
+  template <class T>
+  static T scaled(T c, float v, std::size_t index) {
+    const T product = c * static_cast<T>(v);
+    if (!std::isfinite(product)) [[unlikely]]
+      detail::throw_not_finite("rand_k scaled value", index);
+    return product;
   }
 
   void require_shared() const {
