@@ -2,12 +2,16 @@
 // gzip files, every error case (with the file name and offset in the
 // message), and the real Fashion-MNIST files when they are installed.
 #include <doctest/doctest.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <zlib.h>
 
 #include <Eigen/Core>
 #include <atomic>
 #include <bit>
+#include <csignal>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -17,6 +21,7 @@
 
 #include "ecopt/data/idx.hpp"
 #include "ecopt/error.hpp"
+#include "support/alloc_counter.hpp"
 #include "support/temp_dir.hpp"
 
 // Everything of this file lives in its own namespace, so that test files can share a
@@ -83,6 +88,39 @@ std::string data_message(F&& f) {
 bool contains(const std::string& s, const std::string& part) {
   return s.find(part) != std::string::npos;
 }
+
+/// A FIFO at `path` that a child process fills with `data` and then closes: a
+/// file whose size the reader cannot know (as /dev/stdin fed by a pipe).
+class fifo_feed {
+ public:
+  fifo_feed(const fs::path& path, const bytes& data) {
+    REQUIRE(::mkfifo(path.c_str(), 0600) == 0);
+    const std::string name = path.string();
+    child_ = ::fork();
+    REQUIRE(child_ >= 0);
+    if (child_ == 0) {  // only async-signal-safe calls in the child
+      const int fd = ::open(name.c_str(), O_WRONLY);
+      std::size_t done = 0;
+      while (fd >= 0 && done < data.size()) {
+        const ssize_t n = ::write(fd, data.data() + done, data.size() - done);
+        if (n <= 0) break;
+        done += static_cast<std::size_t>(n);
+      }
+      ::_exit(done == data.size() ? 0 : 1);
+    }
+  }
+  /// The writer is done by the time the reader has seen the end; a reader that
+  /// never opened the FIFO leaves it blocked, hence the kill.
+  ~fifo_feed() {
+    ::kill(child_, SIGKILL);
+    ::waitpid(child_, nullptr, 0);
+  }
+  fifo_feed(const fifo_feed&) = delete;
+  fifo_feed& operator=(const fifo_feed&) = delete;
+
+ private:
+  pid_t child_ = -1;
+};
 
 }  // namespace
 
@@ -289,6 +327,71 @@ TEST_CASE("IDX errors name the file and the offset") {
     const fs::path fl = write_plain(dir.file("float_labels"), float_labels);
     CHECK(contains(data_message([&] { (void)ecopt::load_idx_labels(fl); }), "integer type"));
   }
+}
+
+TEST_CASE("IDX from a pipe: memory grows with the bytes that arrive, not with the header") {
+  const temp_dir dir;
+  // 112 bytes whose header declares 2^14 x 2^14 u8 elements (256 MiB): the FIFO has no
+  // size to check the header against.
+  const bytes lying = concat(header(0x08, {1U << 14U, 1U << 14U}), bytes(100, 7));
+  REQUIRE(lying.size() == 112);
+  {
+    const fifo_feed feed(dir.file("read_idx"), lying);
+    const ecopt::test::allocation_scope scope;
+    const std::string msg = data_message([&] { (void)ecopt::read_idx(dir.file("read_idx")); });
+    CHECK(contains(msg, "truncated: expected 268435456 bytes"));
+    CHECK(contains(msg, "file ends after 100 bytes of data"));
+    CHECK(scope.bytes() < (std::size_t{1} << 20U));
+  }
+  {
+    const bytes labels = concat(header(0x08, {1U << 28U}), bytes(100, 7));
+    const fifo_feed feed(dir.file("labels"), labels);
+    const ecopt::test::allocation_scope scope;
+    const std::string msg = data_message([&] { (void)ecopt::load_idx_labels(dir.file("labels")); });
+    CHECK(contains(msg, "file ends after 100 bytes of data"));
+    CHECK(scope.bytes() < (std::size_t{1} << 20U));
+  }
+  // 2^42 pixels (32 TiB as double) under a limit that allows them: allocating the
+  // matrix up front would throw std::bad_alloc; the truncation is found first.
+  {
+    const bytes huge = concat(header(0x08, {1U << 14U, 1U << 14U, 1U << 14U}), bytes(100, 7));
+    const fifo_feed feed(dir.file("images"), huge);
+    const ecopt::test::allocation_scope scope;
+    const std::string msg = data_message([&] {
+      (void)ecopt::load_idx_images(dir.file("images"), 1.0, {.max_bytes = ~std::uint64_t{0}});
+    });
+    CHECK(contains(msg, dir.file("images").string()));
+    CHECK(contains(msg, "file ends after 100 bytes of data"));
+    CHECK(scope.bytes() < (std::size_t{1} << 20U));
+  }
+  // An honest pipe reads like the file, across several growth steps.
+  bytes pixels(300 * 28 * 28);
+  for (std::size_t k = 0; k < pixels.size(); ++k) pixels[k] = static_cast<unsigned char>(k * 31);
+  const bytes images = concat(header(0x08, {300, 28, 28}), pixels);
+  const Eigen::MatrixXf from_file =
+      ecopt::load_idx_images<float>(write_plain(dir.file("plain"), images));
+  const fifo_feed feed(dir.file("honest"), images);
+  CHECK(ecopt::load_idx_images<float>(dir.file("honest")) == from_file);
+  const fifo_feed raw_feed(dir.file("honest_raw"), images);
+  CHECK(ecopt::read_idx(dir.file("honest_raw")).bytes == pixels);
+}
+
+TEST_CASE("IDX: max_bytes bounds the decoded images and labels, not only the payload") {
+  const temp_dir dir;
+  const fs::path img =
+      write_plain(dir.file("img"), concat(header(0x08, {10, 10, 10}), bytes(1000)));
+  // 1000 u8 pixels fit a 1000-byte limit; as 8000 bytes of double they do not.
+  CHECK(ecopt::read_idx(img, {.max_bytes = 1000}).bytes.size() == 1000);
+  const std::string msg =
+      data_message([&] { (void)ecopt::load_idx_images(img, 1.0, {.max_bytes = 1000}); });
+  CHECK(contains(msg, img.string()));
+  CHECK(contains(msg, "image matrix (10 x 10 x 10 values of 8 bytes)"));
+  CHECK(contains(msg, "idx_options.max_bytes"));
+  CHECK(ecopt::load_idx_images<float>(img, 1.0F, {.max_bytes = 4000}).size() == 1000);
+  const fs::path lab = write_plain(dir.file("lab"), concat(header(0x08, {1000}), bytes(1000)));
+  CHECK(contains(data_message([&] { (void)ecopt::load_idx_labels(lab, {.max_bytes = 1000}); }),
+                 "label vector"));
+  CHECK(ecopt::load_idx_labels(lab, {.max_bytes = 4000}).size() == 1000);
 }
 
 TEST_CASE("IDX: the Fashion-MNIST test set, when installed") {

@@ -15,6 +15,7 @@
 
 #include "ecopt/data/libsvm.hpp"
 #include "ecopt/error.hpp"
+#include "support/alloc_counter.hpp"
 #include "support/temp_dir.hpp"
 
 // Everything of this file lives in its own namespace, so that test files can share a
@@ -165,6 +166,38 @@ TEST_CASE("LIBSVM errors give file:line:column") {
     CHECK(contains(msg, "1000 x 2"));
     CHECK(contains(msg, "libsvm_options.max_elements"));
   }
+}
+
+TEST_CASE("LIBSVM: a short line cannot ask for a huge matrix") {
+  const temp_dir dir;
+  // 16 bytes declaring 2^30 features: 8 GiB of double as a dense column.
+  const fs::path p = write_plain(dir.file("huge_index.txt"), "0 1073741824:1\n");
+  {
+    const ecopt::test::allocation_scope scope;
+    const std::string msg = data_message([&] { (void)ecopt::read_libsvm(p); });
+    CHECK(contains(msg, p.string() + ":1:3: "));
+    CHECK(contains(msg, "libsvm_options.max_elements = 134217728"));
+    CHECK(scope.bytes() < (std::size_t{4} << 20U));  // the 1 MiB read buffer, little else
+  }
+  // Within the index bound, the matrix grows with the samples and fails at the line
+  // that takes it past max_elements, not after the whole text is parsed.
+  std::string many;
+  for (int k = 0; k < 3000; ++k) many += "0 100000:1\n";
+  const fs::path q = write_plain(dir.file("many.txt"), many);
+  const std::string msg = data_message([&] { (void)ecopt::read_libsvm(q); });
+  CHECK(contains(msg, q.string() + ":1343: "));  // 100000 x 1343 > 2^27
+  CHECK(contains(msg, "100000 x 1343 values"));
+  CHECK(ecopt::read_libsvm(q, {.max_elements = std::size_t{1} << 29U}).features.cols() == 3000);
+}
+
+TEST_CASE("LIBSVM: max_text_bytes bounds the text read") {
+  const temp_dir dir;
+  const fs::path p = write_plain(dir.file("text.txt"), "1 1:1\n2 2:1\n");  // 12 bytes
+  CHECK(ecopt::read_libsvm(p, {.max_text_bytes = 12}).labels.size() == 2);
+  const std::string msg =
+      data_message([&] { (void)ecopt::read_libsvm(p, {.max_text_bytes = 11}); });
+  CHECK(contains(msg, p.string()));
+  CHECK(contains(msg, "more than 11 bytes of text (libsvm_options.max_text_bytes)"));
 }
 
 TEST_CASE("LIBSVM: heart_scale, when installed") {

@@ -9,9 +9,11 @@
 //
 // Every defect is an ecopt::data_error whose message starts with the file
 // name and gives the byte offset where relevant (for gzip files, the offset
-// in the decompressed stream). Before anything is allocated for the payload,
-// its declared size is checked against idx_options.max_bytes and against what
-// the file can hold, so a lying header never causes a large allocation.
+// in the decompressed stream). The declared size is checked against
+// idx_options.max_bytes (which bounds the decoded matrix too) and against what
+// the file can hold; only a plain regular file proves its size up front, so
+// for gzip files and pipes (a FIFO, /dev/stdin) memory grows with the bytes
+// that actually arrive. A lying header never causes a large allocation.
 //
 // API: read_idx (any file, raw payload), load_idx_images (d x n matrix, one
 // image per column), load_idx_labels (Eigen::VectorXi), load_idx_dataset
@@ -64,7 +66,8 @@ enum class idx_type : std::uint8_t {
 
 struct idx_options {
   /// Largest payload (elements x element size) accepted, checked against the
-  /// header before anything is allocated.
+  /// header before anything is allocated; it bounds the decoded images and
+  /// labels (elements x sizeof their scalar) as well.
   std::uint64_t max_bytes = std::uint64_t{1} << 32;
 };
 
@@ -211,14 +214,16 @@ inline double idx_array::operator[](std::size_t i) const noexcept {
 namespace detail {
 
 /// An IDX file being read: the header is parsed and checked on construction,
-/// then the payload is streamed with read_payload and the end checked with
-/// finish. Before the caller allocates for the payload, the declared size is
-/// checked against idx_options.max_bytes and against what the file on disk
-/// can hold (its size when plain; 1032 times its size, deflate's largest
-/// ratio, when compressed), so a lying header never causes a large allocation.
+/// then the payload is streamed with read_payload (or read whole with
+/// read_all) and the end checked with finish. The declared size is checked
+/// against idx_options.max_bytes and against what the file on disk can hold
+/// (its size when plain; 1032 times its size, deflate's largest ratio, when
+/// compressed). Only a plain regular file proves its size (size_proven());
+/// anything else is read into memory that grows with what arrives.
 class idx_stream {
  public:
-  idx_stream(const std::filesystem::path& path, const idx_options& options) : in_(path) {
+  idx_stream(const std::filesystem::path& path, const idx_options& options)
+      : in_(path), max_bytes_(options.max_bytes) {
     unsigned char magic[4] = {};
     const std::size_t got_magic = in_.read(magic, 4);
     if (got_magic < 4) {
@@ -267,12 +272,14 @@ class idx_stream {
     }
     payload_bytes_ = elements_ * element_size;
 
+    // file_size fails for a FIFO or a terminal: their size is never proven.
     std::error_code ec;
     const std::uintmax_t file_bytes = std::filesystem::file_size(path, ec);
     if (!ec) {
       if (in_.direct() && header_bytes_ + payload_bytes_ > file_bytes) {
         truncated(file_bytes - std::min<std::uintmax_t>(file_bytes, header_bytes_));
       }
+      size_proven_ = in_.direct();
       constexpr std::uint64_t max_deflate_ratio = 1032;
       if (!in_.direct() && payload_bytes_ / max_deflate_ratio > file_bytes) {
         in_.fail("truncated: the header declares " + std::to_string(payload_bytes_) +
@@ -287,7 +294,37 @@ class idx_stream {
   [[nodiscard]] std::uint64_t elements() const noexcept { return elements_; }
   [[nodiscard]] std::uint64_t payload_bytes() const noexcept { return payload_bytes_; }
   [[nodiscard]] const std::string& name() const noexcept { return in_.name(); }
+  /// Whether the file is known to hold the whole payload (a plain regular
+  /// file): only then may a reader allocate for it before reading it.
+  [[nodiscard]] bool size_proven() const noexcept { return size_proven_; }
   [[noreturn]] void fail_here(const std::string& what) const { in_.fail(what); }
+
+  /// Checks that the payload decoded as `what` (elements x `scalar_bytes`)
+  /// stays within idx_options.max_bytes: a u8 file loaded as double takes 8x
+  /// its payload.
+  void require_decoded_within_limit(std::size_t scalar_bytes, const std::string& what) const {
+    if (elements_ > max_bytes_ / scalar_bytes) {
+      in_.fail("the " + what + " (" + dims_string(dims_) + " values of " +
+               std::to_string(scalar_bytes) + " bytes) would be larger than the limit of " +
+               std::to_string(max_bytes_) + " bytes (idx_options.max_bytes)");
+    }
+  }
+
+  /// The whole payload. Allocated at once when size_proven(); otherwise grown
+  /// by doubling as bytes arrive, so a header that lies on a pipe or in a
+  /// gzip stream costs at most twice what was really sent.
+  [[nodiscard]] std::vector<unsigned char> read_all() {
+    constexpr std::size_t first_step = std::size_t{1} << 16U;
+    const auto total = static_cast<std::size_t>(payload_bytes_);
+    std::vector<unsigned char> out;
+    for (std::size_t next = size_proven_ ? total : std::min(total, first_step);;
+         next = std::min(total, 2 * next)) {
+      const std::size_t have = out.size();
+      out.resize(next);
+      read_payload(out.data() + have, next - have);
+      if (next == total) return out;
+    }
+  }
 
   /// Reads the next n bytes of the payload into out; throws on truncation.
   void read_payload(unsigned char* out, std::size_t n) {
@@ -315,6 +352,8 @@ class idx_stream {
   }
 
   gz_input in_;
+  std::uint64_t max_bytes_;
+  bool size_proven_ = false;
   idx_type type_ = idx_type::u8;
   std::vector<std::uint32_t> dims_;
   std::size_t header_bytes_ = 0;
@@ -331,8 +370,7 @@ class idx_stream {
   idx_array out;
   out.type = in.type();
   out.dims = in.dims();
-  out.bytes.resize(static_cast<std::size_t>(in.payload_bytes()));
-  in.read_payload(out.bytes.data(), out.bytes.size());
+  out.bytes = in.read_all();
   in.finish();
   return out;
 }
@@ -340,7 +378,8 @@ class idx_stream {
 /// Images from an IDX file of n x (dims...) elements, as a d x n matrix with
 /// one image per column (d = the product of the trailing dims, pixels in file
 /// order), each value multiplied by `scale` (default 1/255: u8 pixels in [0, 1]).
-/// Streams the file straight into the matrix.
+/// A plain file is streamed straight into the matrix; a gzip file or a pipe is
+/// read whole first, so the matrix is allocated only for data that arrived.
 template <class T = double>
 [[nodiscard]] matrix_t<T> load_idx_images(const std::filesystem::path& path,
                                           T scale = T(1) / T(255),
@@ -350,29 +389,40 @@ template <class T = double>
     in.fail_here("expected images (at least 2 dimensions: count x ...), got 1 dimension (" +
                  detail::dims_string(in.dims()) + "; a labels file?)");
   }
+  in.require_decoded_within_limit(sizeof(T), "image matrix");
   const auto n = static_cast<Eigen::Index>(in.dims()[0]);
   const auto d = static_cast<Eigen::Index>(in.elements() / in.dims()[0]);
-  matrix_t<T> images(d, n);
-  T* out = images.data();
   const idx_type type = in.type();
   const std::size_t element_size = idx_element_size(type);
   T table[256] = {};
   if (type == idx_type::u8) {
     for (int v = 0; v < 256; ++v) table[v] = static_cast<T>(v) * scale;
   }
+  // Converts `count` elements at `src` to out[first ...].
+  const auto convert = [&](T* out, const unsigned char* src, std::size_t first, std::size_t count) {
+    if (type == idx_type::u8) {
+      for (std::size_t i = 0; i < count; ++i) out[first + i] = table[src[i]];
+    } else {
+      for (std::size_t i = 0; i < count; ++i) {
+        out[first + i] = static_cast<T>(detail::idx_value(type, src, i)) * scale;
+      }
+    }
+  };
+  const auto total = static_cast<std::size_t>(in.elements());
+  if (!in.size_proven()) {
+    const std::vector<unsigned char> payload = in.read_all();
+    in.finish();
+    matrix_t<T> images(d, n);
+    convert(images.data(), payload.data(), 0, total);
+    return images;
+  }
+  matrix_t<T> images(d, n);
   constexpr std::size_t chunk_elements = std::size_t{1} << 16U;
   std::vector<unsigned char> buffer(chunk_elements * element_size);
-  const auto total = static_cast<std::size_t>(in.elements());
   for (std::size_t first = 0; first < total; first += chunk_elements) {
     const std::size_t count = std::min(chunk_elements, total - first);
     in.read_payload(buffer.data(), count * element_size);
-    if (type == idx_type::u8) {
-      for (std::size_t i = 0; i < count; ++i) out[first + i] = table[buffer[i]];
-    } else {
-      for (std::size_t i = 0; i < count; ++i) {
-        out[first + i] = static_cast<T>(detail::idx_value(type, buffer.data(), i)) * scale;
-      }
-    }
+    convert(images.data(), buffer.data(), first, count);
   }
   in.finish();
   return images;
@@ -390,8 +440,8 @@ template <class T = double>
     in.fail_here("labels must have an integer type, got type code " +
                  detail::hex_byte(static_cast<unsigned>(in.type())) + " at offset 2");
   }
-  std::vector<unsigned char> bytes(static_cast<std::size_t>(in.payload_bytes()));
-  in.read_payload(bytes.data(), bytes.size());
+  in.require_decoded_within_limit(sizeof(int), "label vector");
+  const std::vector<unsigned char> bytes = in.read_all();
   in.finish();
   Eigen::VectorXi labels(static_cast<Eigen::Index>(in.elements()));
   for (Eigen::Index i = 0; i < labels.size(); ++i) {

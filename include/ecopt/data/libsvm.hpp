@@ -15,6 +15,11 @@
 // 1-based byte position of the offending token): bad numbers, index 0,
 // non-increasing indices, an index above libsvm_options.dim, a missing ':',
 // NaN/inf or out-of-range values, and a file without samples.
+//
+// Memory: the text is held whole (at most libsvm_options.max_text_bytes), and
+// the dense matrix is bounded by libsvm_options.max_elements, checked line by
+// line as samples and indices arrive, so a short line with a huge index fails
+// at that line instead of asking for gigabytes.
 #include <Eigen/Core>
 #include <algorithm>
 #include <charconv>
@@ -38,8 +43,11 @@ struct libsvm_options {
   /// Number of features d; 0 = the largest index in the file. An index above a
   /// non-zero dim is an error.
   std::size_t dim = 0;
-  /// Largest dense matrix (d x m values) accepted.
-  std::size_t max_elements = std::size_t{1} << 30U;
+  /// Largest dense matrix (d x m values) accepted: 2^27 values, 1 GiB of double.
+  std::size_t max_elements = std::size_t{1} << 27U;
+  /// Largest text read from a file (after decompression): a pipe that never
+  /// ends is an error, not unbounded memory.
+  std::uint64_t max_text_bytes = std::uint64_t{1} << 32U;
 };
 
 template <class T>
@@ -189,6 +197,15 @@ template <class T = double>
       previous = static_cast<std::size_t>(index);
       max_index = std::max(max_index, previous);
     }
+    // The matrix so far must fit: fail at this line, before more text is parsed.
+    const std::size_t d_so_far = options.dim != 0 ? options.dim : max_index;
+    if (d_so_far != 0 && labels.size() > options.max_elements / d_so_far) {
+      throw data_error(std::string(name) + ":" + std::to_string(line_number) +
+                       ": the dense feature matrix would be " + std::to_string(d_so_far) + " x " +
+                       std::to_string(labels.size()) +
+                       " values, more than libsvm_options.max_elements = " +
+                       std::to_string(options.max_elements));
+    }
   }
 
   const std::size_t m = labels.size();
@@ -197,12 +214,6 @@ template <class T = double>
                      "comment lines)");
   }
   const std::size_t d = options.dim != 0 ? options.dim : max_index;
-  if (d != 0 && m > options.max_elements / d) {
-    throw data_error(
-        std::string(name) + ": the dense feature matrix would be " + std::to_string(d) + " x " +
-        std::to_string(m) +
-        " values, more than libsvm_options.max_elements = " + std::to_string(options.max_elements));
-  }
   libsvm_data<T> out;
   out.features = matrix_t<T>::Zero(static_cast<Eigen::Index>(d), static_cast<Eigen::Index>(m));
   out.labels = Eigen::Map<const vector_t<T>>(labels.data(), static_cast<Eigen::Index>(m));
@@ -228,6 +239,10 @@ template <class T = double>
     text.resize(have + chunk);
     const std::size_t got = in.read(text.data() + have, chunk);
     have += got;
+    if (have > options.max_text_bytes) {
+      in.fail("more than " + std::to_string(options.max_text_bytes) +
+              " bytes of text (libsvm_options.max_text_bytes)");
+    }
     if (got < chunk) break;
   }
   text.resize(have);
