@@ -21,6 +21,7 @@
 #include "ecopt/optimizer.hpp"
 #include "ecopt/optimizers/all.hpp"
 #include "ecopt/optimizers/delayed_step_size.hpp"
+#include "ecopt/parameter_server.hpp"
 #include "ecopt/parameter_layout.hpp"
 #include "ecopt/problem.hpp"
 #include "ecopt/problems/conditioned_least_squares.hpp"

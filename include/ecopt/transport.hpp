@@ -74,4 +74,17 @@ concept TimedTransport = Transport<T> && requires(const T& t) {
   { t.modelled_seconds() } -> std::convertible_to<double>;
 };
 
+/// A TimedTransport that can hand over a message without moving its clock,
+/// for servers that take messages in modelled rather than real order:
+///   auto recv_any_unclocked(message_tag, std::vector<std::byte>& into)
+///        -- as recv_any; returns {from, arrival_seconds}
+///   void wait_until(double seconds) -- advances the clock to `seconds` if later
+template <class T>
+concept ModelledArrivalTransport = TimedTransport<T> && RecvAnyTransport<T> &&
+    requires(T& t, message_tag tag, std::vector<std::byte>& into, double seconds) {
+  { t.recv_any_unclocked(tag, into).from } -> std::convertible_to<int>;
+  { t.recv_any_unclocked(tag, into).arrival_seconds } -> std::convertible_to<double>;
+  t.wait_until(seconds);
+};
+
 }  // namespace ecopt

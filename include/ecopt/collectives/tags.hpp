@@ -26,6 +26,9 @@ enum class collective_tag : message_tag {
   barrier = collective_tag_base + 0x6000u,
   global_top_k = collective_tag_base + 0x7000u,  ///< compressors/global_top_k.hpp's merge
   gossip = collective_tag_base + 0x8000u,  ///< algorithms/stochastic_gradient_push.hpp's pushes
+  server_model = collective_tag_base + 0x9000u,    ///< parameter_server.hpp: server to worker
+  server_update = collective_tag_base + 0xA000u,   ///< parameter_server.hpp: worker to server
+  server_leaving = collective_tag_base + 0xB000u,  ///< parameter_server.hpp: a worker's last word
 };
 
 /// The tag of `op` over elements of type V: the type's kind (floating,

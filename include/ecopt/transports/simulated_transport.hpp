@@ -238,14 +238,31 @@ class simulated_transport {
   /// clock to the message's arrival if that is later.
   void recv(int from, message_tag tag, std::vector<std::byte>& into) {
     inner_->recv(from, tag, into);
-    take_trailer(from, tag, into);
+    clock_ = std::max(clock_, take_trailer(from, tag, into));
   }
 
   /// As Inner's recv_any (real arrival order); returns the sender.
   int recv_any(message_tag tag, std::vector<std::byte>& into) requires RecvAnyTransport<Inner> {
     const int from = static_cast<int>(inner_->recv_any(tag, into));
-    take_trailer(from, tag, into);
+    clock_ = std::max(clock_, take_trailer(from, tag, into));
     return from;
+  }
+
+  /// A message taken by recv_any_unclocked: its sender and modelled arrival.
+  struct timed_arrival {
+    int from = -1;
+    double arrival_seconds = 0;
+  };
+
+  /// As recv_any, but the clock is left alone: the caller learns when the
+  /// message arrives in modelled time and calls wait_until(arrival) when it
+  /// takes it. A parameter server that must process messages in modelled
+  /// rather than real order (algorithms/detail/arrival_queue.hpp) holds each
+  /// sender's next message until it knows which arrived first.
+  timed_arrival recv_any_unclocked(message_tag tag,
+                                   std::vector<std::byte>& into) requires RecvAnyTransport<Inner> {
+    const int from = static_cast<int>(inner_->recv_any(tag, into));
+    return {from, take_trailer(from, tag, into)};
   }
 
  private:
@@ -257,7 +274,8 @@ class simulated_transport {
     for (int i = 0; i < 4; ++i) at[8 + i] = static_cast<std::byte>(mark >> (8 * i));
   }
 
-  void take_trailer(int from, message_tag tag, std::vector<std::byte>& into) {
+  // Strips the trailer from `into` and returns the modelled arrival it carried.
+  double take_trailer(int from, message_tag tag, std::vector<std::byte>& into) {
     auto broken = [&](const std::string& why) {
       return transport_error("rank " + std::to_string(rank()) + ": message from rank " +
                              std::to_string(from) + " (tag " + detail::tag_text(tag) + ") " + why +
@@ -282,7 +300,7 @@ class simulated_transport {
       throw broken("carries an invalid modelled arrival time " + std::to_string(arrival));
     }
     into.resize(into.size() - trailer_bytes);
-    clock_ = std::max(clock_, arrival);
+    return arrival;
   }
 
   Inner* inner_;
