@@ -11,6 +11,7 @@ packages=(
   libopenmpi-dev openmpi-bin
   dataset-fashion-mnist liblinear-tools
   gnuplot-nox
+  clang libclang-rt-14-dev
 )
 
 missing=()
