@@ -1,5 +1,6 @@
 // The solver over TCP with one process per rank (run by ecopt-launch -n 3):
-// every composition (and schedule) ends bit for bit where the same run on threads ends, with
+// every composition (and schedule, and the parameter server's backup workers with b = 0) ends
+// bit for bit where the same run on threads ends, with
 // the same bit counts; early stopping is agreed across processes; a NaN on one
 // process is named there and makes the others fail instead of hang.
 #include <doctest/doctest.h>
@@ -116,6 +117,36 @@ TEST_CASE("solvers over TCP processes end bit for bit where the same runs on thr
           .optimizer = {.lr = 0.05, .momentum = 0.9},
           .schedule = {.period = 6, .anchor_momentum = 0.5}},
       "overlap local sgd (background averages on a communication thread)");
+}
+
+TEST_CASE(
+    "parameter-server schedules over TCP processes: rank 0 serves, every rank ends with its "
+    "model") {
+  auto& tcp = *process_transport();
+  const ecopt::run_options options{.steps = 120, .seed = 3, .eval_every = 40};
+  SUBCASE("backup workers with b = 0 end bit for bit where the thread run ends") {
+    const ecopt::parameter_server<ecopt::top_k, ecopt::error_feedback, ecopt::nesterov,
+                                  ecopt::backup_workers>
+        server{.compressor = {.ratio = 0.25}, .optimizer = {.lr = 0.05, .momentum = 0.9}};
+    const outcome over_tcp = run_on(server, tcp, options);
+    const auto over_threads = ecopt::run_threads(
+        tcp.size(), [&](ecopt::thread_transport& t) { return run_on(server, t, options); });
+    CHECK(
+        (over_tcp.x - over_threads[static_cast<std::size_t>(tcp.rank())].x).cwiseAbs().maxCoeff() ==
+        0.0);
+    CHECK(over_tcp.report.payload_bits ==
+          over_threads[static_cast<std::size_t>(tcp.rank())].report.payload_bits);
+  }
+  SUBCASE("asynchronous SGD: arrival order is the network's, the model is the server's") {
+    const ecopt::parameter_server<ecopt::qsgd, ecopt::no_compensation, ecopt::sgd, ecopt::async_sgd>
+        server{.optimizer = {.lr = 0.05}, .schedule = {.max_staleness = 4}};
+    const outcome over_tcp = run_on(server, tcp, options);
+    Eigen::VectorXd root = over_tcp.x;
+    ecopt::collective_workspace ws;
+    ecopt::broadcast(tcp, std::span<double>(root.data(), root.size()), 0, ws);
+    CHECK((root - over_tcp.x).cwiseAbs().maxCoeff() == 0.0);
+    if (tcp.rank() == 0) CHECK(over_tcp.report.steps == 120);
+  }
 }
 
 TEST_CASE("an early stop asked by one process stops every process at the same step") {
