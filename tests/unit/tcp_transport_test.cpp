@@ -624,6 +624,62 @@ TEST_SUITE("tcp_transport") {
               .empty());
   }
 
+  TEST_CASE("running out of memory while reading a frame fails the link, naming the peer") {
+    // Allocations of 1 MiB and more fail while a 4 MiB frame arrives: whoever
+    // reads it (the io thread or the waiting recv) must release the link and
+    // report the peer; a second recv must fail too, not wait for the link.
+    const auto big = pattern(std::size_t{4} << 20, 3);
+    std::promise<std::uint16_t> port;
+    auto port_known = port.get_future();
+    std::promise<void> waiting;
+    std::string first = "rank 0 never finished";
+    std::string second = "not tried";
+    std::thread rank0([&] {
+      try {
+        tcp_transport t({.rank = 0,
+                         .world_size = 2,
+                         .timeout = 10s,
+                         .connect_timeout = 10s,
+                         .max_message_bytes = std::uint64_t{64} << 20,
+                         .on_listening = [&](std::uint16_t p) { port.set_value(p); }});
+        std::vector<std::byte> into;
+        waiting.set_value();
+        try {
+          t.recv(1, 7, into);
+          first.clear();
+        } catch (const ecopt::transport_error& e) {
+          first = e.what();
+        } catch (const std::exception& e) {
+          first = std::string("not a transport_error: ") + e.what();
+          return;  // (before the fix the link stayed taken: a second recv would spin)
+        }
+        try {
+          t.recv(1, 7, into);
+          second.clear();
+        } catch (const std::exception& e) {
+          second = e.what();
+        }
+      } catch (const std::exception& e) {
+        first = e.what();
+      }
+    });
+    raw_peer peer;
+    peer.join_as_rank_1(port_known.get());
+    waiting.get_future().wait();
+    std::this_thread::sleep_for(50ms);  // recv (most likely) reads the link itself
+    {
+      const ecopt::test::allocation_limit limit(std::size_t{1} << 20);
+      const auto header = wire::make_header(wire::frame_kind::data, 1, 7, big);
+      boost::system::error_code ignored;  // rank 0 may close the connection midway
+      asio::write(peer.socket, std::array{asio::buffer(header), asio::buffer(big)}, ignored);
+      rank0.join();
+    }
+    CAPTURE(first);
+    CAPTURE(second);
+    CHECK(contains(first, "rank 0: cannot take a frame from rank 1: std::bad_alloc"));
+    CHECK(contains(second, "rank 0: cannot take a frame from rank 1: std::bad_alloc"));
+  }
+
   TEST_CASE("text a peer sends is escaped before it reaches an error message") {
     CHECK(wire::printable("rank 3: ok") == "rank 3: ok");
     CHECK(wire::printable(std::string("a\x1b[2J\nb\\c\0\xff", 11)) ==

@@ -1048,14 +1048,16 @@ class tcp_transport {
   }
 
   /// Takes the reader for the caller; the io thread holds it only while it
-  /// reads what has arrived.
-  static void acquire_reader_caller(link& l) noexcept {
+  /// reads what has arrived. False if it is still taken at the deadline.
+  static bool acquire_reader_caller(link& l,
+                                    std::chrono::steady_clock::time_point deadline) noexcept {
     for (;;) {
       reader_state expected = reader_state::free;
       if (l.reader.compare_exchange_strong(expected, reader_state::owned,
                                            std::memory_order_acquire)) {
-        return;
+        return true;
       }
+      if (std::chrono::steady_clock::now() >= deadline) return false;
       std::this_thread::yield();
     }
   }
@@ -1078,7 +1080,17 @@ class tcp_transport {
   bool read_link(int from, std::chrono::steady_clock::time_point deadline,
                  std::span<std::byte> target, message_tag target_tag) {
     link& l = *links_[static_cast<std::size_t>(from)];
-    acquire_reader_caller(l);
+    if (!acquire_reader_caller(l, deadline)) return false;
+    // Whatever happens below, the target is detached and the reader handed
+    // back (pump and detach_target do not throw; this is for what they call).
+    struct hand_back {
+      tcp_transport& self;
+      int from;
+      ~hand_back() {
+        self.detach_target(from);
+        self.release_reader_caller(from);
+      }
+    } guard{*this, from};
     bool filled = false;
     bool look_first = false;
     {
@@ -1105,28 +1117,60 @@ class tcp_transport {
       }
       filled = l.target_filled;
       l.target_filled = false;
-      detach_target(l);
     }
-    release_reader_caller(from);
     return filled;
   }
 
   /// Before the caller hands the reader back: a body being read into its
   /// target moves to a pooled buffer (the rest arrives there), so nobody
   /// writes the caller's memory once it has returned.
-  void detach_target(link& l) {
+  void detach_target(int j) noexcept {
+    link& l = *links_[static_cast<std::size_t>(j)];
     if (l.body_in_target) {
-      std::vector<std::byte> body;
-      {
-        std::lock_guard lock(inbox_mutex_);
-        body = detail::take_pooled(recv_spare_, l.target.size());
-      }
-      body.resize(l.target.size());
-      std::memcpy(body.data(), l.target.data(), l.body_done);
-      l.body = std::move(body);
       l.body_in_target = false;
+      try {
+        std::vector<std::byte> body;
+        {
+          std::lock_guard lock(inbox_mutex_);
+          body = detail::take_pooled(recv_spare_, l.target.size());
+        }
+        body.resize(l.target.size());
+        std::memcpy(body.data(), l.target.data(), l.body_done);
+        l.body = std::move(body);
+      } catch (const std::exception& e) {
+        reading_broke(j, e.what());
+      }
     }
     l.target = {};
+  }
+
+  /// Reading link j threw (out of memory, say): the frame is lost, so the
+  /// link fails naming the peer -- never an exception out of the reader, which
+  /// would leave the link's reader taken.
+  void reading_broke(int j, const char* what) noexcept {
+    link& l = *links_[static_cast<std::size_t>(j)];
+    l.read_stopped = true;
+    try {
+      fail_and_close(j, "cannot take a frame from rank " + std::to_string(j) + ": " + what);
+    } catch (...) {
+      // No memory even for the message: fail with a short one (no allocation).
+      {
+        std::lock_guard lock(inbox_mutex_);
+        if (l.state == link_state::open) {
+          l.state = link_state::failed;
+          l.closed_reason = "out of memory";
+          l.usable.store(false, std::memory_order_release);
+          if (!failed_.load(std::memory_order_relaxed)) {
+            failure_ = "out of memory";
+            failed_.store(true, std::memory_order_release);
+          }
+        }
+      }
+      inbox_cv_.notify_all();
+      notify_caller();
+      l.close_requested.store(true, std::memory_order_release);
+      wake();
+    }
   }
 
   void drain_notify() noexcept {
@@ -1159,7 +1203,18 @@ class tcp_transport {
 
   /// Reads frames from link j until its socket is empty (the io thread) or a
   /// message was delivered (a caller: it returns to take it). Owner only.
-  pump_result pump(int j, bool for_caller) {
+  pump_result pump(int j, bool for_caller) noexcept {
+    try {
+      return pump_frames(j, for_caller);
+    } catch (const std::exception& e) {
+      reading_broke(j, e.what());
+    } catch (...) {
+      reading_broke(j, "unknown exception");
+    }
+    return pump_result::stopped;
+  }
+
+  pump_result pump_frames(int j, bool for_caller) {
     namespace wire = detail::tcp_wire;
     link& l = *links_[static_cast<std::size_t>(j)];
     bool delivered = false;
