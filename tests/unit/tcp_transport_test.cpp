@@ -680,6 +680,33 @@ TEST_SUITE("tcp_transport") {
     CHECK(contains(second, "rank 0: cannot take a frame from rank 1: std::bad_alloc"));
   }
 
+  TEST_CASE("a forged length costs memory only for the bytes that arrive") {
+    // A sealed header announcing 1 GiB - 1 (within a 1 GiB limit), 100 KiB of
+    // its payload, then the peer hangs up: no allocation of 1 MiB or more may
+    // happen meanwhile (refused here, it would fail the link with bad_alloc).
+    const auto some = pattern(std::size_t{100} << 10, 4);
+    std::string error;
+    {
+      const ecopt::test::allocation_limit limit(std::size_t{1} << 20);
+      error = rank0_against(
+          [&](raw_peer& p) {
+            wire::header_bytes h;
+            wire::encode_header({.kind = wire::frame_kind::data,
+                                 .sender = 1,
+                                 .tag = 7,
+                                 .length = (std::uint64_t{1} << 30) - 1,
+                                 .payload_crc = 0},
+                                h);
+            p.write_frame(h, some);
+            std::this_thread::sleep_for(100ms);
+            p.socket.close();
+          },
+          std::uint64_t{1} << 30);
+    }
+    CAPTURE(error);
+    CHECK(contains(error, "rank 0: rank 1 closed the connection without a goodbye"));
+  }
+
   TEST_CASE("text a peer sends is escaped before it reaches an error message") {
     CHECK(wire::printable("rank 3: ok") == "rank 3: ok");
     CHECK(wire::printable(std::string("a\x1b[2J\nb\\c\0\xff", 11)) ==

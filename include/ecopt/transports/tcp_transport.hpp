@@ -11,8 +11,8 @@
 //
 // Frames (detail/tcp_wire.hpp): a 32-byte header with magic, version, kind,
 // sender, tag, length and CRC-32C checksums of header and payload. Every
-// field is checked, and the length against max_message_bytes before any
-// allocation.
+// field is checked, the length against max_message_bytes; memory for a body
+// grows as its bytes arrive, never ahead of them.
 //
 // Threads: one io thread per transport runs every socket (Boost.Asio).
 //  * send() never waits for the receiver or the network, and the caller may
@@ -112,9 +112,13 @@ struct tcp_options {
   std::string job_token{};
   std::chrono::milliseconds timeout{60'000};          ///< longest wait of one recv (and of closing)
   std::chrono::milliseconds connect_timeout{60'000};  ///< longest rendezvous
-  /// Frames longer than this are refused before anything is allocated for
-  /// them; send() refuses larger messages too.
-  std::uint64_t max_message_bytes = std::uint64_t{1} << 30;
+  /// Frames longer than this are refused from their header; send() refuses
+  /// larger messages too. The collectives send whole vectors (a broadcast or
+  /// an allgather's contribution; allreduce sends chunks of one), so this is
+  /// the largest vector a job communicates: 256 MiB, 32 Mi doubles -- raise
+  /// it for larger models. Memory for a frame grows as its bytes arrive, so
+  /// the limit is not allocated in advance.
+  std::uint64_t max_message_bytes = std::uint64_t{1} << 28;
   /// Data frames carry a CRC-32C of their payload, checked by the receiver.
   /// Turning it off saves two passes over every message (the sender's and
   /// the receiver's), a third of the CPU time per byte when the cores are
@@ -1134,7 +1138,7 @@ class tcp_transport {
           std::lock_guard lock(inbox_mutex_);
           body = detail::take_pooled(recv_spare_, l.target.size());
         }
-        body.resize(l.target.size());
+        body.resize(std::max(l.body_done, std::min(l.target.size(), body.capacity())));
         std::memcpy(body.data(), l.target.data(), l.body_done);
         l.body = std::move(body);
       } catch (const std::exception& e) {
@@ -1226,8 +1230,12 @@ class tcp_transport {
         into = l.header_in.data() + l.header_done;
         want = l.header_in.size() - l.header_done;
       } else {
-        into = (l.body_in_target ? l.target.data() : l.body.data()) + l.body_done;
         want = std::min(static_cast<std::size_t>(l.frame.length) - l.body_done, body_piece);
+        if (!l.body_in_target) {
+          if (l.body_done == l.body.size()) grow_body(l);
+          want = std::min(want, l.body.size() - l.body_done);
+        }
+        into = (l.body_in_target ? l.target.data() : l.body.data()) + l.body_done;
       }
       const ssize_t n = ::recv(l.descriptor, into, want, MSG_DONTWAIT);
       if (n < 0) {
@@ -1320,11 +1328,21 @@ class tcp_transport {
         recv_spare_.reserve(2 * recv_buffers_ + min_buffers);
       }
     }
-    // Grows (allocates) only while message sizes grow; the length was checked
-    // against max_message_bytes above, before this point. (resize zero-fills
-    // only bytes beyond the buffer's previous size: none when sizes repeat.)
-    l.body.resize(length);
+    // Memory follows the bytes that arrive, not the length a header declares
+    // (a forged header must not cost a gigabyte): a buffer that holds the
+    // whole body already is used as it is -- the steady state, with pooled
+    // buffers -- else it starts at what it has and grows as the body arrives
+    // (grow_body). resize zero-fills only bytes beyond the buffer's previous
+    // size: none when sizes repeat.
+    l.body.resize(std::min(length, std::max(l.body.capacity(), body_piece)));
     return true;
+  }
+
+  /// The body filled its buffer and more is due: doubles it (at most to the
+  /// frame's length), so a body costs at most twice the bytes that arrived.
+  static void grow_body(link& l) {
+    const auto length = static_cast<std::size_t>(l.frame.length);
+    l.body.resize(std::min(length, std::max(2 * l.body.size(), body_piece)));
   }
 
   /// A complete body: checks it and delivers it (into the caller's target or
