@@ -707,6 +707,98 @@ TEST_SUITE("tcp_transport") {
     CHECK(contains(error, "rank 0: rank 1 closed the connection without a goodbye"));
   }
 
+  TEST_CASE("a flood of messages nobody takes stops at max_queued_bytes; recv names it") {
+    // A raw rank 1 floods rank 0 with 64 KiB frames of tag 99 while rank 0
+    // takes nothing. Rank 0 stops reading at its 1 MiB queue, so the peer's
+    // writes block after that plus what the sockets buffer (at most ~36 MiB
+    // on Linux loopback) -- without the bound all 160 MiB went in. Rank 0's
+    // recv of tag 7 then names the peer and the tag that is in the way.
+    std::promise<std::uint16_t> port;
+    auto port_known = port.get_future();
+    std::promise<void> flooded;
+    auto flood_over = flooded.get_future().share();
+    std::string error = "rank 0 never finished";
+    std::thread rank0([&] {
+      try {
+        tcp_transport t({.rank = 0,
+                         .world_size = 2,
+                         .timeout = 10s,
+                         .connect_timeout = 10s,
+                         .max_queued_bytes = std::uint64_t{1} << 20,
+                         .on_listening = [&](std::uint16_t p) { port.set_value(p); }});
+        flood_over.wait();
+        std::vector<std::byte> into;
+        t.recv(1, 7, into);
+        error.clear();
+      } catch (const std::exception& e) {
+        error = e.what();
+      }
+    });
+    raw_peer peer;
+    peer.join_as_rank_1(port_known.get());
+    const auto payload = pattern(std::size_t{64} << 10, 6);
+    const auto header = wire::make_header(wire::frame_kind::data, 1, 99, payload);
+    std::vector<std::byte> frame(header.begin(), header.end());
+    frame.insert(frame.end(), payload.begin(), payload.end());
+    const std::size_t attempted = std::size_t{160} << 20;
+    std::size_t written = 0;
+    peer.socket.non_blocking(true);
+    auto blocked_since = std::chrono::steady_clock::now();
+    while (written < attempted) {
+      boost::system::error_code ec;
+      const std::size_t offset = written % frame.size();
+      const std::size_t n =
+          peer.socket.write_some(asio::buffer(frame.data() + offset, frame.size() - offset), ec);
+      written += n;
+      if (n > 0) blocked_since = std::chrono::steady_clock::now();
+      if (ec == asio::error::would_block) {
+        if (std::chrono::steady_clock::now() - blocked_since > 500ms) break;  // rank 0 stopped
+        std::this_thread::sleep_for(1ms);
+      } else if (ec) {
+        break;
+      }
+    }
+    flooded.set_value();
+    peer.socket.close();  // (the queued messages stay in front of the end of the stream)
+    rank0.join();
+    CAPTURE(written);
+    CAPTURE(error);
+    CHECK(written < (std::size_t{64} << 20));
+    CHECK(contains(error,
+                   "rank 0: protocol mismatch: expected tag 7 from rank 1 but its next "
+                   "message has tag 99"));
+  }
+
+  TEST_CASE("a sender that runs ahead of max_queued_bytes is paced, loses nothing, and closes") {
+    // Rank 0 sends 40 messages of 256 KiB before rank 1 takes any; rank 1's
+    // queue holds 1 MiB, so its reading pauses and resumes as it takes them.
+    // Then rank 0 sends 8 more that rank 1 never takes: closing still
+    // completes (the paused link is read again for the goodbye).
+    constexpr int count = 40;
+    const auto w =
+        run_tcp(2,
+                [&](tcp_transport& t) {
+                  int wrong = 0;
+                  if (t.rank() == 0) {
+                    for (int i = 0; i < count + 8; ++i) {
+                      t.send(1, 3, pattern(std::size_t{256} << 10, static_cast<unsigned>(i)));
+                    }
+                  } else {
+                    std::this_thread::sleep_for(100ms);  // let the queue fill and pause
+                    std::vector<std::byte> into;
+                    for (int i = 0; i < count; ++i) {
+                      t.recv(0, 3, into);
+                      if (into != pattern(std::size_t{256} << 10, static_cast<unsigned>(i)))
+                        ++wrong;
+                    }
+                  }
+                  return wrong;
+                },
+                {.timeout = 20s, .max_queued_bytes = std::uint64_t{1} << 20});
+    REQUIRE_MESSAGE(w.all_ok(), w.error_text());
+    for (const auto& wrong : w.values) CHECK(*wrong == 0);
+  }
+
   TEST_CASE("text a peer sends is escaped before it reaches an error message") {
     CHECK(wire::printable("rank 3: ok") == "rank 3: ok");
     CHECK(wire::printable(std::string("a\x1b[2J\nb\\c\0\xff", 11)) ==

@@ -119,6 +119,16 @@ struct tcp_options {
   /// it for larger models. Memory for a frame grows as its bytes arrive, so
   /// the limit is not allocated in advance.
   std::uint64_t max_message_bytes = std::uint64_t{1} << 28;
+  /// Bytes of received messages one link holds for recv before this rank
+  /// stops reading that peer (back-pressure: its further frames wait in TCP's
+  /// buffers and in the sender's queue, and its sends go on at once); reading
+  /// resumes when recv has taken half of them. Only a link's oldest message
+  /// can be received (per-pair FIFO order), so a pause never withholds one
+  /// that recv could take, and a flood of messages nobody takes costs at most
+  /// this plus one message: the first recv from that peer then reports the
+  /// unexpected tag. A paused link notices its peer's goodbye, abort or crash
+  /// only once recv has taken enough.
+  std::uint64_t max_queued_bytes = std::uint64_t{64} << 20;
   /// Data frames carry a CRC-32C of their payload, checked by the receiver.
   /// Turning it off saves two passes over every message (the sender's and
   /// the receiver's), a third of the CPU time per byte when the cores are
@@ -152,6 +162,7 @@ struct tcp_options {
     if (max_message_bytes == 0 || max_message_bytes > (std::uint64_t{1} << 48)) {
       throw bad("max_message_bytes must be in [1, 2^48], got " + std::to_string(max_message_bytes));
     }
+    if (max_queued_bytes == 0) throw bad("max_queued_bytes must be at least 1, got 0");
     if (!hosts.empty()) {
       if (hosts.size() != static_cast<std::size_t>(world_size)) {
         throw bad("hosts lists " + std::to_string(hosts.size()) + " addresses for world_size " +
@@ -181,7 +192,8 @@ struct tcp_options {
   ///                       (overrides MASTER_ADDR:MASTER_PORT and Slurm's first node)
   ///   ECOPT_PORT          the port on Slurm's first node (default 29500)
   ///   ECOPT_LISTEN_HOST   listen_host;  ECOPT_JOB_TOKEN  job_token
-  ///   ECOPT_TIMEOUT_MS, ECOPT_CONNECT_TIMEOUT_MS, ECOPT_MAX_MESSAGE_BYTES
+  ///   ECOPT_TIMEOUT_MS, ECOPT_CONNECT_TIMEOUT_MS, ECOPT_MAX_MESSAGE_BYTES,
+  ///   ECOPT_MAX_QUEUED_BYTES
   ///   ECOPT_PORT_FILE     port_file (rank 0)
   /// Throws invalid_argument naming the variable when one is malformed.
   [[nodiscard]] static tcp_options from_environment() {
@@ -233,6 +245,10 @@ struct tcp_options {
     if (const char* v = std::getenv("ECOPT_MAX_MESSAGE_BYTES"); v != nullptr) {
       o.max_message_bytes =
           static_cast<std::uint64_t>(env_integer("ECOPT_MAX_MESSAGE_BYTES", v, 1, 1ll << 48));
+    }
+    if (const char* v = std::getenv("ECOPT_MAX_QUEUED_BYTES"); v != nullptr) {
+      o.max_queued_bytes =
+          static_cast<std::uint64_t>(env_integer("ECOPT_MAX_QUEUED_BYTES", v, 1, 1ll << 48));
     }
     if (const char* v = std::getenv("ECOPT_PORT_FILE"); v != nullptr) o.port_file = v;
     try {
@@ -352,6 +368,7 @@ class tcp_transport {
         world_(options.world_size),
         timeout_(options.timeout),
         max_message_(options.max_message_bytes),
+        max_queued_(options.max_queued_bytes),
         payload_checksum_(options.payload_checksum) {
     options.validate();
     if (world_ == 1) return;  // no peers: nothing to connect
@@ -518,7 +535,7 @@ class tcp_transport {
   // final place). `parked`: a caller owns it and the io thread, having found
   // it taken, stopped watching; the caller then hands it back.
   enum class reader_state : std::uint8_t { free, owned, owned_io_parked };
-  enum class pump_result : std::uint8_t { would_block, delivered, stopped };
+  enum class pump_result : std::uint8_t { would_block, delivered, stopped, paused };
 
   struct outgoing {
     detail::tcp_wire::header_bytes header{};
@@ -569,8 +586,10 @@ class tcp_transport {
     // caller handed it back), close the socket (a reader found it broken).
     std::atomic<bool> serve_requested{false};
     std::atomic<bool> close_requested{false};
-    // Inbox, guarded by inbox_mutex_.
+    // Inbox, guarded by inbox_mutex_ (paused is read by the reader without it).
     detail::ring_fifo<message> messages;
+    std::uint64_t queued_bytes = 0;   // of the messages
+    std::atomic<bool> paused{false};  // queued_bytes reached max_queued_: reading stops
     link_state state = link_state::open;
     std::string closed_reason;  // why the link failed
     // For send(): false once the link is closed or failed.
@@ -785,11 +804,11 @@ class tcp_transport {
               if (m->data.capacity() > 0 && recv_spare_.size() < recv_spare_.capacity()) {
                 recv_spare_.push_back(std::move(m->data));
               }
-              links_[static_cast<std::size_t>(source)]->messages.pop();
+              taken(source, size);
             }
           } else {
             into->swap(m->data);
-            links_[static_cast<std::size_t>(source)]->messages.pop();
+            taken(source, size);
             // Recycle the caller's old buffer. The pool has room for every
             // buffer the io thread made; a buffer the caller brought in
             // beyond that is freed here rather than grow the pool.
@@ -858,6 +877,19 @@ class tcp_transport {
     }
   }
 
+  /// Under inbox_mutex_: the head of link j's inbox, of `size` bytes, was
+  /// taken; a paused link reads again once half its queue has gone.
+  void taken(int j, std::size_t size) {
+    link& l = *links_[static_cast<std::size_t>(j)];
+    l.messages.pop();
+    l.queued_bytes -= size;
+    if (l.paused.load(std::memory_order_relaxed) && l.queued_bytes < max_queued_ / 2 + 1) {
+      l.paused.store(false, std::memory_order_release);
+      l.serve_requested.store(true, std::memory_order_release);
+      wake();
+    }
+  }
+
   /// Under inbox_mutex_: the earliest-arrived FIFO head carrying `tag`.
   std::pair<message*, int> earliest_with_tag(message_tag tag) {
     std::pair<message*, int> best{nullptr, -1};
@@ -894,6 +926,19 @@ class tcp_transport {
       std::vector<bool> tell(static_cast<std::size_t>(world_), false);
       {
         std::lock_guard lock(inbox_mutex_);
+        // Nobody takes messages now: drop them, and read paused links again,
+        // so that the peers' goodbyes are seen.
+        closing_ = true;
+        for (int j = 0; j < world_; ++j) {
+          if (j == rank_) continue;
+          link& l = *links_[static_cast<std::size_t>(j)];
+          while (!l.messages.empty()) l.messages.pop();
+          l.queued_bytes = 0;
+          if (l.paused.exchange(false, std::memory_order_acq_rel)) {
+            l.serve_requested.store(true, std::memory_order_release);
+            wake();
+          }
+        }
         // Pass on the failure this rank saw, if any: peers then learn the root cause.
         if (failing && failed_.load(std::memory_order_relaxed))
           reason += "; it had seen: " + failure_;
@@ -1196,7 +1241,8 @@ class tcp_transport {
     }
     const pump_result r = pump(j, false);
     l.reader.store(reader_state::free, std::memory_order_release);
-    if (r == pump_result::stopped || l.watching) return;
+    // Paused: recv asks for the link to be served again (taken()).
+    if (r == pump_result::stopped || r == pump_result::paused || l.watching) return;
     l.watching = true;
     l.socket.async_wait(tcp::socket::wait_read, [this, j](const error_code& ec) {
       links_[static_cast<std::size_t>(j)]->watching = false;
@@ -1223,6 +1269,10 @@ class tcp_transport {
     link& l = *links_[static_cast<std::size_t>(j)];
     bool delivered = false;
     while (!l.read_stopped) {
+      // Between frames: a full inbox stops reading (back-pressure).
+      if (l.header_done == 0 && l.paused.load(std::memory_order_acquire)) {
+        return delivered ? pump_result::delivered : pump_result::paused;
+      }
       std::byte* into = nullptr;
       std::size_t want = 0;
       const bool in_header = l.header_done < l.header_in.size();
@@ -1370,7 +1420,17 @@ class tcp_transport {
     }
     {
       std::lock_guard lock(inbox_mutex_);
+      if (closing_) {
+        // Nobody will take it: the link is read only for the peer's goodbye.
+        if (l.body.capacity() > 0 && recv_spare_.size() < recv_spare_.capacity()) {
+          recv_spare_.push_back(std::move(l.body));
+        }
+        l.body = {};
+        return false;
+      }
+      l.queued_bytes += length;
       l.messages.push(message{l.frame.tag, arrivals_++, std::move(l.body)});
+      if (l.queued_bytes >= max_queued_) l.paused.store(true, std::memory_order_release);
     }
     inbox_cv_.notify_all();
     return true;
@@ -1465,6 +1525,7 @@ class tcp_transport {
   int world_;
   std::chrono::milliseconds timeout_;
   std::uint64_t max_message_;
+  std::uint64_t max_queued_;
   bool payload_checksum_;
   std::uint64_t bytes_sent_ = 0;
   std::uint64_t wire_bytes_sent_ = 0;
@@ -1495,6 +1556,7 @@ class tcp_transport {
   std::uint64_t arrivals_ = 0;
   std::atomic<bool> failed_{false};
   std::string failure_;
+  bool closing_ = false;  // close() began: arriving messages are dropped
 
   std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> work_;
   std::thread io_thread_;
