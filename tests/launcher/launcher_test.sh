@@ -50,22 +50,23 @@ bash "$launch" -n 2 --addr 7000 -- bash -c 'if [[ $ECOPT_RANK == 0 ]]; then kill
 expect_status 137 $? "a rank killed by SIGKILL"
 
 # kill -9 of rank 1: rank 0 sees its link close (a FIFO standing in for a socket)
-# and exits with status 1 5 ms later (TCP ranks take 1-16 ms). The launcher names
-# rank 1 and its signal and exits with 137, whichever of the two it finds ended
-# first.
+# and fails at once, with status 1 or by SIGABRT (an uncaught transport_error).
+# The launcher names rank 1 and its signal and exits with 137, whichever of the
+# two it finds ended first.
 links=$(mktemp -d "${TMPDIR:-/tmp}/launcher_test.XXXXXX")
-for i in 1 2 3; do
+for i in 1 2 3 4; do
   mkfifo "$links/link$i"
-  out=$(LINK="$links/link$i" bash "$launch" -n 3 --addr 7000 -- bash -c '
+  how=$([[ $((i % 2)) == 1 ]] && echo 'exit 1' || echo 'kill -ABRT $$')
+  out=$(LINK="$links/link$i" HOW="$how" bash "$launch" -n 3 --addr 7000 -- bash -c '
     case $ECOPT_RANK in
-      0) exec 3<"$LINK"; cat <&3 >/dev/null; sleep 0.005; echo "peer gone" >&2; exit 1 ;;
+      0) exec 3<"$LINK"; cat <&3 >/dev/null; echo "peer gone" >&2; eval "$HOW" ;;
       1) exec 3>"$LINK"; sleep 0.2; kill -KILL $$ ;;
       *) sleep 60 ;;
     esac' 2>&1)
-  expect_status 137 $? "kill -9 of rank 1 while rank 0 fails because of it (run $i)"
+  expect_status 137 $? "kill -9 of rank 1, rank 0 failing because of it with '$how'"
   expect_line "$out" 'rank 1 was killed by signal 9 \(SIGKILL\), status 137; stopping the other ranks' \
-    "the killed rank named with its signal (run $i)"
-  expect_line "$out" '^\[rank 0\] peer gone$' "rank 0 failed after it (run $i)"
+    "the killed rank named with its signal (rank 0: '$how')"
+  expect_line "$out" '^\[rank 0\] peer gone$' "rank 0 failed after it ('$how')"
 done
 rm -rf "$links"
 
