@@ -73,6 +73,8 @@ class checkpoint {
   }
 
   [[nodiscard]] bool contains(std::string_view name) const { return find(name) != nullptr; }
+  /// The number of values (or text bytes) of a record.
+  [[nodiscard]] std::size_t count(std::string_view name) const { return require(name).count; }
 
   /// Reads a record of exactly out.size() values of type V.
   template <class V>

@@ -6,6 +6,8 @@
 
 namespace ecopt {
 
+class checkpoint;
+
 /// How long to run and what to record.
 struct run_options {
   std::uint64_t steps = 1000;  ///< communication rounds
@@ -13,6 +15,14 @@ struct run_options {
   std::uint64_t eval_every =
       0;  ///< evaluate the global loss every this many steps (0: start and end only)
   bool check_finite = true;  ///< throw numeric_error on a non-finite gradient
+  /// Every this many steps (0: never), the solver hands its state to the
+  /// observers' on_checkpoint(const checkpoint&, const progress&) (write it
+  /// to a file there).
+  std::uint64_t checkpoint_every = 0;
+  /// Start from this checkpoint (one on_checkpoint was given, with the same
+  /// policies, world, seed and steps) instead of step 0; the run then ends
+  /// bit for bit where the uninterrupted run ends. Not owned.
+  const checkpoint* resume_from = nullptr;
 };
 
 /// The global loss at one evaluation point.

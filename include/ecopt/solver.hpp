@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "ecopt/algorithms/synchronous.hpp"
+#include "ecopt/checkpoint.hpp"
 #include "ecopt/collectives/allgather.hpp"
 #include "ecopt/collectives/allreduce.hpp"
 #include "ecopt/collectives/broadcast.hpp"
@@ -50,6 +51,11 @@ namespace detail {
 template <class Observer>
 void notify_step(Observer& o, const progress& p) {
   if constexpr (requires { o.on_step(p); }) o.on_step(p);
+}
+
+template <class Observer>
+void notify_checkpoint(Observer& o, const checkpoint& c, const progress& p) {
+  if constexpr (requires { o.on_checkpoint(c, p); }) o.on_checkpoint(c, p);
 }
 
 /// Returns true when the observer asks to stop.
@@ -136,9 +142,15 @@ struct solver {
     const std::span<T> x_span(x.data(), d);
     const std::span<const T> gradient_span(gradient.data(), d);
 
-    // All ranks start from rank 0's iterate.
-    broadcast(transport, x_span, 0, workspace);
-    schedule.begin(std::span<const T>(x_span), schedule_state);
+    // All ranks start from rank 0's iterate, or each from its checkpoint.
+    std::uint64_t first_step = 0;
+    if (options.resume_from != nullptr) {
+      first_step = resume<T>(*options.resume_from, options, transport, x_span, exchange,
+                             optimizer_state, schedule_state, report);
+    } else {
+      broadcast(transport, x_span, 0, workspace);
+      schedule.begin(std::span<const T>(x_span), schedule_state);
+    }
 
     progress info{.step = 0, .total_steps = options.steps, .rank = rank, .world = world};
 
@@ -175,8 +187,8 @@ struct solver {
       return vote > 0;
     };
 
-    bool stopped = evaluate_and_agree(0);
-    std::uint64_t step = 0;
+    bool stopped = options.resume_from == nullptr && evaluate_and_agree(0);
+    std::uint64_t step = first_step;
     for (; step < options.steps && !stopped; ++step) {
       counter_rng sampler = counter_rng::stream(options.seed, stream_purpose::sampling,
                                                 static_cast<std::uint64_t>(rank), step);
@@ -209,6 +221,14 @@ struct solver {
           (step + 1) % options.eval_every == 0) {
         stopped = evaluate_and_agree(step + 1);
       }
+      if (options.checkpoint_every > 0 && (step + 1) % options.checkpoint_every == 0 &&
+          step + 1 < options.steps && !stopped) {
+        round.settle_background();  // a travelling average lands in the schedule's state
+        checkpoint c;
+        save<T>(c, step + 1, options, transport, x_span, exchange, optimizer_state, schedule_state,
+                report);
+        (detail::notify_checkpoint(observers, c, info), ...);
+      }
     }
     // A schedule with progress not yet averaged averages it now, so every
     // rank returns the same x.
@@ -233,6 +253,76 @@ struct solver {
     }
     report.wall_seconds = elapsed();
     return report;
+  }
+
+ private:
+  // A checkpoint of the run after `step` steps: this rank's model, the
+  // exchange's, optimizer's and schedule's states, the bits and the history
+  // so far, and what it must be resumed with (policies, seed, steps, world).
+  template <class T, class Tr, class Exchange, class OState, class SState>
+  void save(checkpoint& c, std::uint64_t step, const run_options& options, const Tr& transport,
+            std::span<const T> x, Exchange& exchange, OState& optimizer_state,
+            SState& schedule_state, const run_report& report) const {
+    static_assert(PersistentState<OState> && PersistentState<SState>,
+                  "checkpoint_every needs optimizer and schedule states with persist()");
+    c.put("solver.step", step);
+    c.put("solver.seed", options.seed);
+    c.put("solver.steps", options.steps);
+    c.put_text("solver.optimizer", policy_name<O>());
+    c.put_text("solver.schedule", S::name);
+    c.put("solver.x", x);
+    c.put("solver.payload_bits", report.payload_bits);
+    c.put("solver.wire_bits", report.wire_bits);
+    std::vector<double> history;
+    for (const eval_point& e : report.history) {
+      history.insert(history.end(),
+                     {static_cast<double>(e.step), e.loss, static_cast<double>(e.payload_bits),
+                      static_cast<double>(e.wire_bits), e.modelled_seconds});
+    }
+    c.put("solver.history", std::span<const double>(history));
+    exchange.save(c, transport, "exchange.");
+    save_state(c, "optimizer.", optimizer_state);
+    save_state(c, "schedule.", schedule_state);
+  }
+
+  // Restores what save wrote; returns the step to go on from. Refuses
+  // (checkpoint_error naming it) a checkpoint of other policies, seed,
+  // steps, world, rank or dimension.
+  template <class T, class Tr, class Exchange, class OState, class SState>
+  std::uint64_t resume(const checkpoint& c, const run_options& options, const Tr& transport,
+                       std::span<T> x, Exchange& exchange, OState& optimizer_state,
+                       SState& schedule_state, run_report& report) const {
+    c.expect_text("solver.optimizer", policy_name<O>());
+    c.expect_text("solver.schedule", S::name);
+    auto expect = [&](const char* what, std::uint64_t here) {
+      const auto there = c.get<std::uint64_t>(std::string("solver.") + what);
+      if (there != here) {
+        throw checkpoint_error("checkpoint: written by a run with " + std::string(what) + " " +
+                               std::to_string(there) + ", resumed by one with " +
+                               std::to_string(here));
+      }
+    };
+    expect("seed", options.seed);
+    expect("steps", options.steps);
+    const auto step = c.get<std::uint64_t>("solver.step");
+    exchange.load(c, transport, "exchange.");
+    c.get("solver.x", x);
+    load_state(c, "optimizer.", optimizer_state);
+    load_state(c, "schedule.", schedule_state);
+    report.payload_bits = c.get<std::uint64_t>("solver.payload_bits");
+    report.wire_bits = c.get<std::uint64_t>("solver.wire_bits");
+    std::vector<double> history(c.count("solver.history"));
+    c.get("solver.history", std::span<double>(history));
+    if (history.size() % 5 != 0) {
+      throw checkpoint_error("checkpoint: solver.history has " + std::to_string(history.size()) +
+                             " values, not a multiple of 5");
+    }
+    for (std::size_t i = 0; i < history.size(); i += 5) {
+      report.history.push_back({static_cast<std::uint64_t>(history[i]), history[i + 1],
+                                static_cast<std::uint64_t>(history[i + 2]),
+                                static_cast<std::uint64_t>(history[i + 3]), history[i + 4]});
+    }
+    return step;
   }
 };
 

@@ -17,6 +17,7 @@
 
 #include "contracts/contract_examples.hpp"
 #include "ecopt/checkpoint.hpp"
+#include "ecopt/compensators/all.hpp"
 #include "ecopt/compensators/ef21.hpp"
 #include "ecopt/compensators/error_feedback.hpp"
 #include "ecopt/compressors/per_block.hpp"
@@ -26,6 +27,7 @@
 #include "ecopt/counter_rng.hpp"
 #include "ecopt/error.hpp"
 #include "ecopt/gradient_exchange.hpp"
+#include "ecopt/optimizers/all.hpp"
 #include "ecopt/optimizers/heavy_ball.hpp"
 #include "ecopt/optimizers/nesterov.hpp"
 #include "ecopt/optimizers/sgd.hpp"

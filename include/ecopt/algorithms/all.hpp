@@ -17,4 +17,4 @@ using all_schedules =
     std::tuple<synchronous, local_sgd, slowmo, stochastic_gradient_push, overlap_local_sgd>;
 /// parameter_server's schedules (parameter_server.hpp).
 using all_server_schedules = std::tuple<backup_workers, async_sgd, incremental_aggregated>;
-}
+}  // namespace ecopt

@@ -59,6 +59,17 @@ struct overlap_local_sgd {
     std::vector<T> mean;          ///< its mean over workers, written in the background
     std::vector<T> velocity;      ///< m_i (anchor_momentum > 0)
     std::uint64_t boundaries = 0;
+    /// What a checkpoint carries; the solver lands a travelling average
+    /// first, so `mean` holds it.
+    template <class Archive>
+    void persist(Archive& a) {
+      a("anchor", anchor);
+      a("base", base);
+      a("contribution", contribution);
+      a("mean", mean);
+      a("velocity", velocity);
+      a("boundaries", boundaries);
+    }
   };
 
   template <class T, class C>

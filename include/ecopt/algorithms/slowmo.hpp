@@ -44,6 +44,11 @@ struct slowmo {
   struct state : detail::local_steps_state<T> {
     std::vector<T> slow_velocity;  ///< u
     explicit state(std::size_t dim) : detail::local_steps_state<T>(dim), slow_velocity(dim) {}
+    template <class Archive>
+    void persist(Archive& a) {
+      detail::local_steps_state<T>::persist(a);
+      a("slow_velocity", slow_velocity);
+    }
   };
 
   template <class T, class C>

@@ -34,6 +34,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -95,11 +96,50 @@ struct stochastic_gradient_push {
     std::vector<compressor_state_t<C, T>> sender_states, receiver_states;
     std::vector<std::byte> payload, outgoing, incoming;
     std::uint64_t steps_since_average = 0;
+    std::optional<C> compressor;  ///< the run's, to make the replicas' states
+
+    /// Makes the replicas of `hops` hops (zero, with fresh compressor states):
+    /// at the first compressed push, or when a checkpoint says there were some.
+    void make_replicas(std::size_t hops) {
+      const std::size_t d = numerator.size();
+      sent.assign(hops, std::vector<T>(d, T(0)));
+      received = sent;
+      sender_states.clear();
+      receiver_states.clear();
+      for (std::size_t k = 0; k < hops; ++k) {
+        sender_states.push_back(compressor->template make_state<T>(d));
+        receiver_states.push_back(compressor->template make_state<T>(d));
+      }
+      payload.reserve(static_cast<std::size_t>((compressor->max_bits(d) + 7) / 8 + 8));
+      outgoing.reserve(sizeof(double) + payload.capacity());
+    }
+
+    /// What a checkpoint carries: the push-sum pair, SlowMo's anchor and
+    /// velocity, and per hop the replicas and their compressors' states.
+    template <class Archive>
+    void persist(Archive& a) {
+      a("numerator", numerator);
+      a("weight", weight);
+      a("anchor", anchor);
+      a("slow_velocity", slow_velocity);
+      a("steps_since_average", steps_since_average);
+      auto hops = static_cast<std::uint64_t>(sent.size());
+      a("hops", hops);  // loading: the replicas the checkpoint has
+      if (hops != sent.size()) make_replicas(static_cast<std::size_t>(hops));
+      for (std::size_t hop = 0; hop < sent.size(); ++hop) {
+        const std::string at = "hop" + std::to_string(hop) + ".";
+        a(at + "sent", sent[hop]);
+        a(at + "received", received[hop]);
+        a.nest(at + "sender", sender_states[hop]);
+        a.nest(at + "receiver", receiver_states[hop]);
+      }
+    }
   };
 
   template <class T, class C>
-  [[nodiscard]] state<T, C> make_state(std::size_t dim, const C&) const {
+  [[nodiscard]] state<T, C> make_state(std::size_t dim, const C& compressor) const {
     state<T, C> s;
+    s.compressor = compressor;
     s.numerator.resize(dim);
     s.anchor.resize(dim);
     s.scratch.resize(dim);
@@ -226,15 +266,7 @@ struct stochastic_gradient_push {
     const std::size_t d = s.numerator.size();
     const C& compressor = r.compressor();
     if (s.sent.empty()) {
-      const auto hops = static_cast<std::size_t>(std::bit_width(static_cast<unsigned>(n - 1)));
-      s.sent.assign(hops, std::vector<T>(d, T(0)));
-      s.received = s.sent;
-      for (std::size_t k = 0; k < hops; ++k) {
-        s.sender_states.push_back(compressor.template make_state<T>(d));
-        s.receiver_states.push_back(compressor.template make_state<T>(d));
-      }
-      s.payload.reserve(static_cast<std::size_t>((compressor.max_bits(d) + 7) / 8 + 8));
-      s.outgoing.reserve(sizeof(double) + s.payload.capacity());
+      s.make_replicas(static_cast<std::size_t>(std::bit_width(static_cast<unsigned>(n - 1))));
     }
     std::vector<T>& replica = s.sent[slot];
     for (std::size_t j = 0; j < d; ++j) s.scratch[j] = s.numerator[j] / T(2) - replica[j];

@@ -20,6 +20,8 @@ struct synchronous {
   template <class T>
   struct state {
     std::vector<T> mean;
+    template <class Archive>
+    void persist(Archive&) {}  // scratch only
   };
 
   template <class T, class C>

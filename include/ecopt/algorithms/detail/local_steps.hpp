@@ -48,6 +48,14 @@ struct local_steps_state {
 
   explicit local_steps_state(std::size_t dim)
       : anchor(dim), progress(dim), update(dim), mean(dim) {}
+
+  /// What a checkpoint carries (update and mean are rewritten before use).
+  template <class Archive>
+  void persist(Archive& a) {
+    a("anchor", anchor);
+    a("progress", progress);
+    a("steps_in_period", steps_in_period);
+  }
 };
 
 inline void require_period(std::string_view who, std::uint64_t period) {
