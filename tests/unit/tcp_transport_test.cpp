@@ -11,6 +11,10 @@
 
 #if ECOPT_TEST_HAVE_TCP
 
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -23,9 +27,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <filesystem>
 #include <functional>
 #include <future>
 #include <latch>
+#include <memory>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -974,6 +980,156 @@ TEST_SUITE("tcp_transport") {
       CHECK(contains(e.what(), "not connected to rank 0 at " + unused));
       CHECK(contains(e.what(), "Connection refused"));
     }
+  }
+
+  TEST_CASE("a connection that never completes its hello is closed at its handshake deadline") {
+    // A slow-loris stranger sends 10 bytes of a header and stalls. Rank 0
+    // closes it after handshake_timeout (the read below sees the end), long
+    // before its connect_timeout, and the real rank 1 then forms the world.
+    std::promise<std::uint16_t> port;
+    auto port_known = port.get_future();
+    std::string rank0_error = "unset";
+    std::thread rank0([&] {
+      try {
+        tcp_transport t({.rank = 0,
+                         .world_size = 2,
+                         .connect_timeout = 20s,
+                         .handshake_timeout = 300ms,
+                         .on_listening = [&](std::uint16_t p) { port.set_value(p); }});
+        rank0_error.clear();
+      } catch (const std::exception& e) {
+        rank0_error = e.what();
+      }
+    });
+    const std::uint16_t p = port_known.get();
+    raw_peer loris;
+    loris.connect(p);
+    const auto header = wire::make_header(wire::frame_kind::hello, 1, 0, {});
+    loris.write(std::span(header).first(10));
+    std::array<std::byte, 1> byte{};
+    boost::system::error_code ec;
+    asio::read(loris.socket, asio::buffer(byte), ec);  // returns when rank 0 closes it
+    const bool closed = ec == asio::error::eof || ec == asio::error::connection_reset;
+    std::string rank1_error = "unset";
+    try {
+      tcp_transport t({.rank = 1,
+                       .world_size = 2,
+                       .address = "127.0.0.1:" + std::to_string(p),
+                       .connect_timeout = 5s});
+      rank1_error.clear();
+    } catch (const std::exception& e) {
+      rank1_error = e.what();
+    }
+    rank0.join();
+    CAPTURE(ec.message());
+    CHECK(closed);
+    CHECK(rank0_error.empty());
+    CHECK(rank1_error.empty());
+  }
+
+  TEST_CASE("connections beyond max_pending_handshakes push out the oldest; the world forms") {
+    // 20 idle strangers against a cap of 4 (and a long handshake deadline):
+    // rank 0 closes the oldest 16 as the newer ones come, then rank 1 joins.
+    std::promise<std::uint16_t> port;
+    auto port_known = port.get_future();
+    std::string rank0_error = "unset";
+    std::thread rank0([&] {
+      try {
+        tcp_transport t({.rank = 0,
+                         .world_size = 2,
+                         .connect_timeout = 20s,
+                         .handshake_timeout = 20s,
+                         .max_pending_handshakes = 4,
+                         .on_listening = [&](std::uint16_t p) { port.set_value(p); }});
+        rank0_error.clear();
+      } catch (const std::exception& e) {
+        rank0_error = e.what();
+      }
+    });
+    const std::uint16_t p = port_known.get();
+    std::vector<std::unique_ptr<raw_peer>> flood;
+    for (int i = 0; i < 20; ++i) {
+      flood.push_back(std::make_unique<raw_peer>());
+      flood.back()->connect(p);
+    }
+    int closed = 0;
+    for (int i = 0; i < 16; ++i) {
+      std::array<std::byte, 1> byte{};
+      boost::system::error_code ec;
+      asio::read(flood[static_cast<std::size_t>(i)]->socket, asio::buffer(byte), ec);
+      if (ec == asio::error::eof || ec == asio::error::connection_reset) ++closed;
+    }
+    std::string rank1_error = "unset";
+    try {
+      tcp_transport t({.rank = 1,
+                       .world_size = 2,
+                       .address = "127.0.0.1:" + std::to_string(p),
+                       .connect_timeout = 5s});
+      rank1_error.clear();
+    } catch (const std::exception& e) {
+      rank1_error = e.what();
+    }
+    rank0.join();
+    CHECK(closed == 16);
+    CHECK(rank0_error.empty());
+    CHECK(rank1_error.empty());
+  }
+
+  TEST_CASE("running out of file descriptors in the rendezvous is reported as such") {
+    // A child process (fork) lowers its RLIMIT_NOFILE to a few more than it
+    // has open and starts rank 0 of 4; this process opens 20 connections to
+    // it. The child must fail at once naming the exhaustion, not retry and
+    // then blame missing ranks at its connect timeout.
+    int to_parent[2];
+    REQUIRE(::pipe(to_parent) == 0);
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+      ::close(to_parent[0]);
+      std::string out;
+      try {
+        std::size_t open_now = 0;
+        for ([[maybe_unused]] const auto& e :
+             std::filesystem::directory_iterator("/proc/self/fd")) {
+          ++open_now;
+        }
+        rlimit limit{};
+        ::getrlimit(RLIMIT_NOFILE, &limit);
+        limit.rlim_cur = open_now + 8;
+        ::setrlimit(RLIMIT_NOFILE, &limit);
+        tcp_transport t({.rank = 0,
+                         .world_size = 4,
+                         .connect_timeout = 5s,
+                         .on_listening = [&](std::uint16_t p) {
+                           [[maybe_unused]] const auto n = ::write(to_parent[1], &p, sizeof p);
+                         }});
+        out = "formed a world";
+      } catch (const std::exception& e) {
+        out = e.what();
+      }
+      [[maybe_unused]] const auto n = ::write(to_parent[1], out.data(), out.size());
+      ::_exit(0);
+    }
+    ::close(to_parent[1]);
+    std::uint16_t p = 0;
+    REQUIRE(::read(to_parent[0], &p, sizeof p) == static_cast<ssize_t>(sizeof p));
+    std::vector<std::unique_ptr<raw_peer>> flood;
+    for (int i = 0; i < 20; ++i) {
+      flood.push_back(std::make_unique<raw_peer>());
+      flood.back()->connect(p);
+    }
+    std::string message;
+    char chunk[512];
+    for (ssize_t n; (n = ::read(to_parent[0], chunk, sizeof chunk)) > 0;) {
+      message.append(chunk, static_cast<std::size_t>(n));
+    }
+    ::close(to_parent[0]);
+    int status = 0;
+    ::waitpid(child, &status, 0);
+    CAPTURE(message);
+    CHECK(contains(message,
+                   "rank 0: tcp rendezvous failed: out of file descriptors while "
+                   "accepting a connection (Too many open files; this process may open"));
   }
 
   TEST_CASE("an explicit host list connects the mesh without a directory") {

@@ -112,6 +112,13 @@ struct tcp_options {
   std::string job_token{};
   std::chrono::milliseconds timeout{60'000};          ///< longest wait of one recv (and of closing)
   std::chrono::milliseconds connect_timeout{60'000};  ///< longest rendezvous
+  /// A connection to this rank must complete its handshake within this, or
+  /// is closed (so a silent or slow stranger holds nothing for long).
+  std::chrono::milliseconds handshake_timeout{5'000};
+  /// Connections to this rank waiting for their handshake at once; a new one
+  /// beyond this pushes out the oldest. (At least the ranks that connect to
+  /// this one; each costs a file descriptor.)
+  std::size_t max_pending_handshakes = 64;
   /// Frames longer than this are refused from their header; send() refuses
   /// larger messages too. The collectives send whole vectors (a broadcast or
   /// an allgather's contribution; allreduce sends chunks of one), so this is
@@ -159,6 +166,11 @@ struct tcp_options {
       throw bad("connect_timeout must be positive, got " + std::to_string(connect_timeout.count()) +
                 " ms");
     }
+    if (handshake_timeout.count() <= 0) {
+      throw bad("handshake_timeout must be positive, got " +
+                std::to_string(handshake_timeout.count()) + " ms");
+    }
+    if (max_pending_handshakes == 0) throw bad("max_pending_handshakes must be at least 1, got 0");
     if (max_message_bytes == 0 || max_message_bytes > (std::uint64_t{1} << 48)) {
       throw bad("max_message_bytes must be in [1, 2^48], got " + std::to_string(max_message_bytes));
     }
@@ -401,6 +413,8 @@ class tcp_transport {
     }
     cfg.listen_port = listen_port_;
     cfg.budget = options.connect_timeout;
+    cfg.handshake_timeout = options.handshake_timeout;
+    cfg.max_pending = options.max_pending_handshakes;
     cfg.deadline = std::chrono::steady_clock::now() + options.connect_timeout;
     auto sockets = detail::tcp_rendezvous(io_, acceptor, std::move(cfg)).run();
 

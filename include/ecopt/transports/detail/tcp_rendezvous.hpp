@@ -21,6 +21,12 @@
 // Everything runs as asynchronous operations on the transport's io_context,
 // driven by the constructing thread until done or the deadline; connections
 // are handled concurrently, so a silent or slow connection holds up no other.
+// Each incoming connection must complete its handshake within
+// handshake_timeout, and at most max_pending of them wait at once (a new one
+// pushes out the oldest), so strangers cannot hold the ranks out. Running out
+// of file descriptors ends the rendezvous at once, reported as such.
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <array>
 #include <boost/asio/buffer.hpp>
@@ -33,6 +39,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <string>
 #include <utility>
@@ -55,6 +62,11 @@ struct tcp_rendezvous_config {
   std::uint16_t listen_port = 0;
   std::chrono::steady_clock::time_point deadline;
   std::chrono::milliseconds budget{0};  ///< the connect timeout, for messages
+  /// An incoming connection's time to complete its handshake.
+  std::chrono::milliseconds handshake_timeout{5'000};
+  /// Incoming connections waiting for their handshake at once (at least the
+  /// ranks that connect to this one).
+  std::size_t max_pending = 64;
 };
 
 class tcp_rendezvous {
@@ -99,7 +111,7 @@ class tcp_rendezvous {
   struct connection {
     explicit connection(boost::asio::io_context& io) : socket(io), timer(io) {}
     tcp::socket socket;
-    boost::asio::steady_timer timer;  // connect retries
+    boost::asio::steady_timer timer;  // connect retries; incoming: the handshake deadline
     tcp::resolver::results_type endpoints;
     tcp_wire::header_bytes header_in{};
     std::vector<std::byte> payload_in;
@@ -113,6 +125,8 @@ class tcp_rendezvous {
   using conn_ptr = std::shared_ptr<connection>;
 
   static constexpr std::chrono::milliseconds retry_interval{25};
+  // Refusals kept for the timeout message (the count goes on beyond).
+  static constexpr std::size_t kept_refusals = 16;
 
   [[nodiscard]] bool rank0_directory() const noexcept {
     return cfg_.directory_mode && cfg_.rank == 0;
@@ -146,6 +160,10 @@ class tcp_rendezvous {
       c->timer.cancel();
       if (c->socket.is_open()) c->socket.close(ignored);
     }
+    for (auto& c : pending_) {
+      c->timer.cancel();
+      if (c->socket.is_open()) c->socket.close(ignored);
+    }
     if (!ok) {
       for (auto& l : links_) {
         if (l) l->close(ignored);
@@ -155,16 +173,21 @@ class tcp_rendezvous {
     io_.run();
     io_.restart();
     connections_.clear();
+    pending_.clear();
   }
 
   // --- incoming ----------------------------------------------------------------
 
   void accept_next() {
-    conn_ptr c = new_connection();
+    auto c = std::make_shared<connection>(io_);
     acceptor_.async_accept(c->socket, [this, c](const error_code& ec) {
       if (finished_) return;
       if (ec) {
-        // E.g. out of file descriptors: try again shortly rather than spin.
+        if (out_of_descriptors(ec)) {
+          fatal_ = descriptors_exhausted("accepting a connection", ec);
+          return;
+        }
+        // E.g. a connection reset before it was accepted: try again shortly.
         accept_timer_.expires_after(retry_interval);
         accept_timer_.async_wait([this](const error_code& e) {
           if (!finished_ && !e) accept_next();
@@ -180,10 +203,70 @@ class tcp_rendezvous {
         c->where = "an unknown address";
       }
       c->socket.set_option(tcp::no_delay(true), e);
+      if (pending_.size() >= max_pending()) {
+        // Make room: the oldest has had the longest to finish its handshake.
+        const conn_ptr oldest = pending_.front();
+        drop(oldest, "dropped unauthenticated, the oldest of " + std::to_string(pending_.size()) +
+                         " connections waiting for their handshake");
+      }
+      pending_.push_back(c);
+      c->timer.expires_after(cfg_.handshake_timeout);
+      c->timer.async_wait([this, c](const error_code& te) {
+        if (finished_ || te) return;
+        drop(c, "no complete handshake within " + std::to_string(cfg_.handshake_timeout.count()) +
+                    " ms");
+      });
       read_frame(c, tcp_wire::max_hello_bytes,
                  [this, c](const tcp_wire::frame_header& h) { on_incoming(c, h); });
       accept_next();
     });
+  }
+
+  [[nodiscard]] std::size_t max_pending() const noexcept {
+    return std::max(cfg_.max_pending, static_cast<std::size_t>(cfg_.world - 1 - cfg_.rank));
+  }
+
+  /// An incoming connection leaves the waiting list (its handshake completed
+  /// or failed); false if it had left already.
+  bool settle(const conn_ptr& c) {
+    const auto it = std::find(pending_.begin(), pending_.end(), c);
+    if (it == pending_.end()) return false;
+    pending_.erase(it);
+    c->timer.cancel();
+    return true;
+  }
+
+  /// Closes an incoming connection that is still waiting for its handshake.
+  void drop(const conn_ptr& c, const std::string& why) {
+    if (!settle(c)) return;
+    note_refusal("connection from " + c->where + " " + why);
+    error_code ignored;
+    c->socket.close(ignored);
+  }
+
+  void note_refusal(std::string text) {
+    if (refusals_.size() < kept_refusals) refusals_.push_back(std::move(text));
+    ++refusal_count_;
+  }
+
+  static bool out_of_descriptors(const error_code& ec) noexcept {
+    return ec == boost::asio::error::no_descriptors ||
+           ec == boost::system::errc::too_many_files_open_in_system;
+  }
+
+  /// EMFILE / ENFILE: retrying would not help and the timeout would blame a
+  /// missing rank, so the rendezvous ends saying what ran out.
+  [[nodiscard]] std::string descriptors_exhausted(const std::string& during,
+                                                  const error_code& ec) const {
+    rlimit limit{};
+    std::string allowed = "unknown";
+    if (::getrlimit(RLIMIT_NOFILE, &limit) == 0) {
+      allowed = limit.rlim_cur == RLIM_INFINITY ? "unlimited" : std::to_string(limit.rlim_cur);
+    }
+    return "out of file descriptors while " + during + " (" + ec.message() +
+           "; this process may open " + allowed +
+           ", see ulimit -n): a rank needs about world size + " + std::to_string(max_pending()) +
+           " (pending handshakes) + 16 descriptors";
   }
 
   void on_incoming(const conn_ptr& c, const tcp_wire::frame_header& h) {
@@ -215,6 +298,7 @@ class tcp_rendezvous {
     }
     reserved_[static_cast<std::size_t>(j)] = true;
     c->peer = j;
+    settle(c);
     if (rank0_directory()) {
       if (hello.listen_port == 0) throw transport_error("hello announces listening port 0");
       cfg_.table[static_cast<std::size_t>(j)] = {hello.host.empty() ? c->remote_host : hello.host,
@@ -290,7 +374,8 @@ class tcp_rendezvous {
 
   /// Refuses an incoming connection: records why, tells the peer, closes.
   void refuse(const conn_ptr& c, const std::string& reason) {
-    refusals_.push_back("connection from " + c->where + " refused: " + reason);
+    if (!settle(c)) return;  // dropped meanwhile
+    note_refusal("connection from " + c->where + " refused: " + reason);
     const std::string text = reason.substr(0, tcp_wire::max_reason_length);
     c->payload_out.assign(reinterpret_cast<const std::byte*>(text.data()),
                           reinterpret_cast<const std::byte*>(text.data()) + text.size());
@@ -335,6 +420,10 @@ class tcp_rendezvous {
         c->socket, c->endpoints, [this, c, kind](const error_code& ec, const tcp::endpoint&) {
           if (finished_) return;
           if (ec) {
+            if (out_of_descriptors(ec)) {
+              fatal_ = descriptors_exhausted("connecting to rank " + std::to_string(c->peer), ec);
+              return;
+            }
             // The peer may not be listening yet: retry until the deadline.
             last_error_[static_cast<std::size_t>(c->peer)] = ec.message();
             if (std::chrono::steady_clock::now() + retry_interval >= cfg_.deadline) return;
@@ -465,9 +554,9 @@ class tcp_rendezvous {
     if (c->outgoing) {
       fatal_ = "rank " + std::to_string(c->peer) + " (" + c->where +
                ") closed the connection during the handshake: " + what;
-    } else {
-      refusals_.push_back("connection from " + c->where +
-                          " closed before completing the handshake: " + what);
+    } else if (settle(c)) {
+      note_refusal("connection from " + c->where +
+                   " closed before completing the handshake: " + what);
     }
   }
 
@@ -506,10 +595,10 @@ class tcp_rendezvous {
 
   [[nodiscard]] std::string refusal_summary() const {
     if (refusals_.empty()) return {};
-    std::string s = " [refused " + std::to_string(refusals_.size()) + " connection(s): ";
+    std::string s = " [refused " + std::to_string(refusal_count_) + " connection(s): ";
     const std::size_t shown = std::min<std::size_t>(refusals_.size(), 5);
     for (std::size_t i = 0; i < shown; ++i) s += (i ? "; " : "") + refusals_[i];
-    if (shown < refusals_.size()) s += "; ...";
+    if (shown < refusal_count_) s += "; ...";
     return s + "]";
   }
 
@@ -520,8 +609,10 @@ class tcp_rendezvous {
   std::vector<std::unique_ptr<tcp::socket>> links_;
   std::vector<bool> reserved_;           // incoming rank seen (duplicates are refused)
   std::vector<std::string> last_error_;  // per rank: why the last connect attempt failed
-  std::vector<conn_ptr> connections_;    // every connection made, to close at the end
-  std::vector<std::string> refusals_;
+  std::vector<conn_ptr> connections_;    // outgoing connections, to close at the end
+  std::deque<conn_ptr> pending_;         // incoming, waiting for their handshake (oldest first)
+  std::vector<std::string> refusals_;    // the first kept_refusals
+  std::size_t refusal_count_ = 0;
   std::vector<std::byte> directory_;
   tcp_wire::header_bytes directory_header_{};
   std::string fatal_;
