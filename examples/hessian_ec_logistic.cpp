@@ -61,6 +61,7 @@
 #include <vector>
 
 #include "command_line.hpp"
+#include "ecopt/data/libsvm.hpp"
 #include "ecopt/ecopt.hpp"
 #include "ecopt/problems/full_batch.hpp"
 #include "fashion_mnist_data.hpp"

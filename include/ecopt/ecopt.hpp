@@ -1,6 +1,7 @@
 #pragma once
-// The umbrella header: everything in ecopt that needs neither Boost nor MPI.
-// (The TCP and MPI transports are included from their own headers.)
+// The umbrella header: everything in ecopt that needs neither zlib, Boost nor MPI.
+// (The TCP and MPI transports, and the data readers -- ecopt/data/idx.hpp and
+// libsvm.hpp, target ecopt::data, zlib -- are included from their own headers.)
 #include "ecopt/algorithms/all.hpp"
 #include "ecopt/bit_reader.hpp"
 #include "ecopt/bit_writer.hpp"
@@ -13,8 +14,6 @@
 #include "ecopt/compressor.hpp"
 #include "ecopt/compressors/all.hpp"
 #include "ecopt/counter_rng.hpp"
-#include "ecopt/data/idx.hpp"
-#include "ecopt/data/libsvm.hpp"
 #include "ecopt/error.hpp"
 #include "ecopt/gradient_exchange.hpp"
 #include "ecopt/observers.hpp"

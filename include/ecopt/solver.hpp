@@ -142,11 +142,25 @@ struct solver {
     const std::span<T> x_span(x.data(), d);
     const std::span<const T> gradient_span(gradient.data(), d);
 
+    // Checkpoints need every policy's state to say what it carries (persist()).
+    constexpr bool checkpointable =
+        PersistentState<compressor_state_t<C, T>> && PersistentState<compensator_state_t<E, T>> &&
+        PersistentState<optimizer_state_t<O, T>> && PersistentState<decltype(schedule_state)>;
+    if (!checkpointable && (options.checkpoint_every > 0 || options.resume_from != nullptr)) {
+      throw invalid_argument(
+          "solver::run: checkpoint_every and resume_from need a persist() member on the state "
+          "of every policy (checkpoint.hpp); one of " +
+          std::string(policy_name<C>()) + ", " + std::string(policy_name<E>()) + ", " +
+          std::string(policy_name<O>()) + ", " + std::string(S::name) + " has none");
+    }
+
     // All ranks start from rank 0's iterate, or each from its checkpoint.
     std::uint64_t first_step = 0;
     if (options.resume_from != nullptr) {
-      first_step = resume<T>(*options.resume_from, options, transport, x_span, exchange,
-                             optimizer_state, schedule_state, report);
+      if constexpr (checkpointable) {
+        first_step = resume<T>(*options.resume_from, options, transport, x_span, exchange,
+                               optimizer_state, schedule_state, report);
+      }
     } else {
       broadcast(transport, x_span, 0, workspace);
       schedule.begin(std::span<const T>(x_span), schedule_state);
@@ -223,11 +237,13 @@ struct solver {
       }
       if (options.checkpoint_every > 0 && (step + 1) % options.checkpoint_every == 0 &&
           step + 1 < options.steps && !stopped) {
-        round.settle_background();  // a travelling average lands in the schedule's state
-        checkpoint c;
-        save<T>(c, step + 1, options, transport, x_span, exchange, optimizer_state, schedule_state,
-                report);
-        (detail::notify_checkpoint(observers, c, info), ...);
+        if constexpr (checkpointable) {
+          round.settle_background();  // a travelling average lands in the schedule's state
+          checkpoint c;
+          save<T>(c, step + 1, options, transport, x_span, exchange, optimizer_state,
+                  schedule_state, report);
+          (detail::notify_checkpoint(observers, c, info), ...);
+        }
       }
     }
     // A schedule with progress not yet averaged averages it now, so every
@@ -263,8 +279,6 @@ struct solver {
   void save(checkpoint& c, std::uint64_t step, const run_options& options, const Tr& transport,
             std::span<const T> x, Exchange& exchange, OState& optimizer_state,
             SState& schedule_state, const run_report& report) const {
-    static_assert(PersistentState<OState> && PersistentState<SState>,
-                  "checkpoint_every needs optimizer and schedule states with persist()");
     c.put("solver.step", step);
     c.put("solver.seed", options.seed);
     c.put("solver.steps", options.steps);

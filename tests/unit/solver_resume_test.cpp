@@ -9,8 +9,10 @@
 #include <Eigen/Dense>
 #include <cstdint>
 #include <cstring>
+#include <span>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "ecopt/ecopt.hpp"
@@ -111,6 +113,21 @@ std::string stop_and_resume(const Solver& s, int world = 3) {
   return resumed_difference(whole, resumed);
 }
 
+/// An optimizer of the user's own, without persist() on its state.
+struct plain_step {
+  static constexpr std::string_view name = "plain_step";
+  struct state {};
+  template <class T>
+  state make_state(std::size_t) const {
+    return {};
+  }
+  double learning_rate(std::uint64_t) const { return 0.1; }
+  template <class T>
+  void apply(std::span<T> x, std::span<const T> d, state&, const ecopt::round_context&) const {
+    for (std::size_t j = 0; j < x.size(); ++j) x[j] -= T(0.1) * d[j];
+  }
+};
+
 }  // namespace
 
 TEST_CASE("solver runs resumed from a checkpoint end bit for bit where uninterrupted runs end") {
@@ -167,6 +184,14 @@ TEST_CASE("a checkpoint of another run is refused, naming what differs") {
     CHECK_THROWS_WITH_AS(run(s, 2, {.steps = 40, .seed = 4}, &checkpoints),
                          doctest::Contains("world"), ecopt::checkpoint_error);
   }
+}
+
+TEST_CASE("checkpoints of a run whose policy keeps no persist() are refused, naming the policies") {
+  const ecopt::solver s{ecopt::no_compression{}, ecopt::no_compensation{}, plain_step{}};
+  // Without checkpoints it runs.
+  CHECK(run(s, 2, {.steps = 5, .seed = 1})[0].x.norm() > 0);
+  CHECK_THROWS_WITH_AS(run(s, 2, {.steps = 5, .seed = 1, .checkpoint_every = 2}),
+                       doctest::Contains("plain_step"), ecopt::invalid_argument);
 }
 
 }  // namespace solver_resume_test
