@@ -44,12 +44,12 @@
 #include "ecopt/compensators/no_compensation.hpp"
 #include "ecopt/compressor.hpp"
 #include "ecopt/compressors/no_compression.hpp"
+#include "ecopt/detail/observer_calls.hpp"
 #include "ecopt/error.hpp"
 #include "ecopt/optimizer.hpp"
 #include "ecopt/optimizers/sgd.hpp"
 #include "ecopt/problem.hpp"
 #include "ecopt/run_report.hpp"
-#include "ecopt/solver.hpp"
 #include "ecopt/transport.hpp"
 
 namespace ecopt {

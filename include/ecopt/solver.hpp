@@ -34,6 +34,7 @@
 #include "ecopt/compressor.hpp"
 #include "ecopt/compressors/no_compression.hpp"
 #include "ecopt/counter_rng.hpp"
+#include "ecopt/detail/observer_calls.hpp"
 #include "ecopt/error.hpp"
 #include "ecopt/gradient_exchange.hpp"
 #include "ecopt/optimizer.hpp"
@@ -45,32 +46,6 @@
 #include "ecopt/transport.hpp"
 
 namespace ecopt {
-
-namespace detail {
-
-template <class Observer>
-void notify_step(Observer& o, const progress& p) {
-  if constexpr (requires { o.on_step(p); }) o.on_step(p);
-}
-
-template <class Observer>
-void notify_checkpoint(Observer& o, const checkpoint& c, const progress& p) {
-  if constexpr (requires { o.on_checkpoint(c, p); }) o.on_checkpoint(c, p);
-}
-
-/// Returns true when the observer asks to stop.
-template <class Observer>
-bool notify_eval(Observer& o, const progress& p) {
-  if constexpr (requires {
-                  { o.on_eval(p) } -> std::same_as<observer_action>;
-                }) {
-    return o.on_eval(p) == observer_action::stop;
-  } else if constexpr (requires { o.on_eval(p); }) {
-    o.on_eval(p);
-  }
-  return false;
-}
-}  // namespace detail
 
 template <Compressor C = no_compression, Compensator E = no_compensation, Optimizer O = sgd,
           Schedule S = synchronous>
