@@ -74,6 +74,16 @@ concept TimedTransport = Transport<T> && requires(const T& t) {
   { t.modelled_seconds() } -> std::convertible_to<double>;
 };
 
+/// A RecvAnyTransport that says which peers are gone (their thread returned,
+/// their process died): a parameter server goes on without a lost worker.
+///   bool peer_lost(int rank) const
+/// A receive that waits on a lost peer still throws transport_error (after
+/// the deadline at the latest); peer_lost tells the caller whom to forget.
+template <class T>
+concept PeerLossTransport = RecvAnyTransport<T> && requires(const T& t, int rank) {
+  { t.peer_lost(rank) } -> std::convertible_to<bool>;
+};
+
 /// A TimedTransport that can hand over a message without moving its clock,
 /// for servers that take messages in modelled rather than real order:
 ///   auto recv_any_unclocked(message_tag, std::vector<std::byte>& into)

@@ -7,6 +7,7 @@
 
 #include <Eigen/Dense>
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -441,6 +442,118 @@ TEST_CASE("parameter_server refuses what cannot run and names a worker that brea
               return 0;
             }),
         doctest::Contains("rank 2 has 3 bytes"), ecopt::transport_error);
+  }
+}
+
+namespace {
+
+/// Thrown by a worker's problem to end that worker as a crash would: its
+/// thread returns without a word to the server.
+struct worker_died {};
+
+/// A shard whose worker dies at its `dies_at`-th gradient (never when 0).
+struct mortal_shard {
+  using scalar_type = double;
+  ecopt::least_squares<double> inner;
+  std::uint64_t dies_at = 0;
+  std::uint64_t calls = 0;
+  [[nodiscard]] std::size_t dim() const { return inner.dim(); }
+  double loss(const Eigen::Ref<const Eigen::VectorXd>& x) { return inner.loss(x); }
+  void gradient(const Eigen::Ref<const Eigen::VectorXd>& x, Eigen::Ref<Eigen::VectorXd> g) {
+    inner.gradient(x, g);
+  }
+  void stochastic_gradient(const Eigen::Ref<const Eigen::VectorXd>& x,
+                           Eigen::Ref<Eigen::VectorXd> g, ecopt::counter_rng& rng) {
+    if (dies_at > 0 && ++calls == dies_at) throw worker_died{};
+    inner.stochastic_gradient(x, g, rng);
+  }
+};
+
+/// A run on 1 + workers threads in which worker rank `mortal` dies at its
+/// 6th gradient; the surviving ranks' outcomes (the dead one's x is empty).
+template <class Server>
+std::vector<outcome> serve_with_a_death(const Server& s, int workers, int mortal) {
+  const pooled everything(workers);
+  return ecopt::run_threads(
+      workers + 1,
+      [&](ecopt::thread_transport& t) {
+        const shard data(std::max(t.rank() - 1, 0));
+        mortal_shard problem{t.rank() == 0 ? everything.problem() : data.problem(),
+                             t.rank() == mortal ? 6u : 0u};
+        Eigen::VectorXd x = Eigen::VectorXd::Constant(dim, 0.25);
+        try {
+          auto report = s.run(t, problem, x, {.steps = 40, .seed = 3, .eval_every = 20});
+          return outcome{x, report};
+        } catch (const worker_died&) {
+          return outcome{};
+        }
+      },
+      {.timeout = std::chrono::milliseconds(300)});
+}
+
+}  // namespace
+
+TEST_CASE("a worker that dies is found at the deadline; the server goes on without it") {
+  SUBCASE("backup workers with one backup") {
+    const auto survivors = serve_with_a_death(
+        ecopt::parameter_server{ecopt::top_k{.ratio = 0.25}, ecopt::error_feedback{},
+                                ecopt::sgd{.lr = 0.05}, ecopt::backup_workers{.backups = 1}},
+        4, 3);
+    const auto& server = survivors[0].report;
+    CHECK(server.steps == 40);
+    CHECK(server.counts.lost_workers == std::vector<int>{3});
+    CHECK(server.counts.applied == 3 * 40);
+    for (const int r : {1, 2, 4})
+      CHECK(same_bits(survivors[static_cast<std::size_t>(r)].x, survivors[0].x));
+    CHECK(survivors[3].x.size() == 0);
+  }
+  SUBCASE("asynchronous SGD") {
+    const auto survivors = serve_with_a_death(
+        ecopt::parameter_server{ecopt::no_compression{}, ecopt::no_compensation{},
+                                ecopt::sgd{.lr = 0.05}, ecopt::async_sgd{}},
+        3, 2);
+    CHECK(survivors[0].report.steps == 40);
+    CHECK(survivors[0].report.counts.lost_workers == std::vector<int>{2});
+    CHECK(same_bits(survivors[1].x, survivors[0].x));
+    CHECK(same_bits(survivors[3].x, survivors[0].x));
+  }
+  SUBCASE("without a backup the round cannot finish: the server names the lost worker") {
+    // The waiting workers time out too; what the server says is caught on its thread.
+    std::string server_says;
+    CHECK_THROWS_AS(
+        ecopt::run_threads(4,
+                           [&](ecopt::thread_transport& t) {
+                             const shard data(std::max(t.rank() - 1, 0));
+                             mortal_shard problem{data.problem(), t.rank() == 2 ? 6u : 0u};
+                             Eigen::VectorXd x = Eigen::VectorXd::Zero(dim);
+                             try {
+                               (void)ecopt::parameter_server{}.run(t, problem, x, {.steps = 40});
+                             } catch (const worker_died&) {
+                             } catch (const ecopt::transport_error& e) {
+                               if (t.rank() == 0) server_says = e.what();
+                               throw;
+                             }
+                             return 0;
+                           },
+                           {.timeout = std::chrono::milliseconds(300)}),
+        ecopt::transport_error);
+    CHECK(server_says.find("lost (ranks 2)") != std::string::npos);
+  }
+  SUBCASE("the synchronous solver fails, naming the rank") {
+    CHECK_THROWS_WITH_AS(
+        ecopt::run_threads(3,
+                           [&](ecopt::thread_transport& t) {
+                             const shard data(t.rank());
+                             mortal_shard problem{data.problem(), t.rank() == 1 ? 6u : 0u};
+                             Eigen::VectorXd x = Eigen::VectorXd::Zero(dim);
+                             try {
+                               (void)ecopt::solver{}.run(t, problem, x, {.steps = 40});
+                             } catch (const worker_died&) {
+                             }
+                             return 0;
+                           },
+                           {.timeout = std::chrono::milliseconds(300)}),
+        doctest::Contains("rank 1"), ecopt::transport_error);
   }
 }
 

@@ -186,6 +186,12 @@ class simulated_transport {
   [[nodiscard]] auto timeout() const requires requires(const Inner& i) { i.timeout(); }
   { return inner_->timeout(); }
 
+  /// As Inner's peer_lost (PeerLossTransport).
+  [[nodiscard]] bool peer_lost(int peer) const requires requires(const Inner& i) {
+    i.peer_lost(peer);
+  }
+  { return inner_->peer_lost(peer); }
+
   /// Advances this rank's clock by `seconds` of modelled computation.
   void charge_compute(double seconds) {
     if (!(seconds >= 0) || !std::isfinite(seconds)) {

@@ -97,6 +97,10 @@ class thread_world {
 
   [[nodiscard]] int size() const noexcept { return size_; }
   [[nodiscard]] std::chrono::milliseconds timeout() const noexcept { return timeout_; }
+  /// Whether `rank` has returned from its function.
+  [[nodiscard]] bool finished(int rank) const noexcept {
+    return finished_[static_cast<std::size_t>(rank)].load(std::memory_order_acquire);
+  }
 
   void send(int from, int to, message_tag tag, std::span<const std::byte> data) {
     if (failed_.load(std::memory_order_acquire)) {
@@ -552,6 +556,12 @@ class thread_transport {
   [[nodiscard]] std::chrono::milliseconds timeout() const noexcept { return world_->timeout(); }
   /// Payload bytes this rank has sent.
   [[nodiscard]] std::uint64_t bytes_sent() const noexcept { return bytes_sent_; }
+
+  /// True once rank `peer` has returned from its function (PeerLossTransport).
+  [[nodiscard]] bool peer_lost(int peer) const {
+    check_peer(peer, "peer_lost of");
+    return world_->finished(peer);
+  }
 
   /// Queues a copy of `data` for `to`; never waits for the receiver.
   void send(int to, message_tag tag, std::span<const std::byte> data) {

@@ -12,6 +12,11 @@
 // that owes nothing can only send after the server's reply, which leaves at
 // the server's clock, so no earlier message can still come). Each worker
 // owes at most one message, so the queue holds at most one per worker.
+//
+// A worker that is lost (PeerLossTransport: its thread returned, its process
+// died) is found when a receive fails -- at the transport's deadline at the
+// latest -- and forgotten; the queue goes on with the others.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -66,12 +71,59 @@ class arrival_queue {
     held_[w] = 0;
   }
 
+  /// Workers found lost (PeerLossTransport), in the order they were found.
+  [[nodiscard]] const std::vector<int>& lost() const noexcept { return lost_; }
+  [[nodiscard]] bool is_lost(int worker) const {
+    return std::find(lost_.begin(), lost_.end(), worker) != lost_.end();
+  }
+  /// Records a worker as lost (and forgets what it owed).
+  void lose(int worker) {
+    if (is_lost(worker)) return;
+    forget(worker);
+    lost_.push_back(worker);
+  }
+
   /// The next message from an owing worker (there must be one): the first to
-  /// arrive, in modelled time on a ModelledArrivalTransport.
+  /// arrive, in modelled time on a ModelledArrivalTransport. On a
+  /// PeerLossTransport, a receive that fails because owing workers are gone
+  /// forgets them and waits for the others; when none is left to wait for,
+  /// it throws transport_error naming the lost.
   arrival next() {
-    if (owing_count_ == 0) {
-      throw invalid_argument("arrival_queue: no worker owes the server a message");
+    for (;;) {
+      if (owing_count_ == 0) {
+        throw invalid_argument("arrival_queue: no worker owes the server a message");
+      }
+      try {
+        return next_message();
+      } catch (const transport_error&) {
+        if (!forget_lost()) throw;
+        if (owing_count_ == 0) {
+          std::string ranks;
+          for (const int w : lost_)
+            ranks += (ranks.empty() ? "" : ", ") + std::to_string(w + first_worker_);
+          throw transport_error(
+              "parameter server: every worker it was waiting for is lost (ranks " + ranks + ")");
+        }
+      }
     }
+  }
+
+ private:
+  // Forgets the owing workers the transport reports lost; true if any.
+  bool forget_lost() {
+    bool any = false;
+    if constexpr (PeerLossTransport<Tr>) {
+      for (int w = 0; w < workers(); ++w) {
+        if (owing_[static_cast<std::size_t>(w)] != 0 && transport_.peer_lost(w + first_worker_)) {
+          lose(w);
+          any = true;
+        }
+      }
+    }
+    return any;
+  }
+
+  arrival next_message() {
     if constexpr (modelled_order) {
       while (held_count_ < owing_count_) {
         const auto got = transport_.recv_any_unclocked(tag_, scratch_);
@@ -106,7 +158,6 @@ class arrival_queue {
     }
   }
 
- private:
   [[nodiscard]] std::size_t index(int worker) const {
     if (worker < 0 || worker >= workers()) {
       throw invalid_argument("arrival_queue: worker " + std::to_string(worker) +
@@ -137,6 +188,7 @@ class arrival_queue {
   std::vector<double> arrival_;
   std::vector<std::vector<std::byte>> bytes_;
   std::vector<std::byte> scratch_;
+  std::vector<int> lost_;
   int owing_count_ = 0;
   int held_count_ = 0;
 };

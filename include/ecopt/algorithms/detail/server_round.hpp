@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -38,6 +39,9 @@ struct server_counts {
   /// computed at (those drained at the end are not counted).
   std::vector<std::uint64_t> staleness;
   std::uint64_t payload_bits_received = 0;
+  /// Ranks of the workers lost during the run (PeerLossTransport), in the
+  /// order they were found; the run went on without them.
+  std::vector<int> lost_workers;
 };
 
 namespace detail {
@@ -89,13 +93,13 @@ class server_round {
   /// update; the worker answers with its next one. Once the run is finished
   /// the model goes with a stop instead, and the worker leaves.
   void publish(int worker, update_fate fate) {
+    if (queue_.is_lost(worker)) return;
     if (finished()) {
       send_stop(worker, fate);
       return;
     }
     write_server_message(out_, server_message::model, fate, version_, std::span<const T>(x_));
-    transport_.send(worker + 1, collective_tag_for(collective_tag::server_model), out_);
-    queue_.expect(worker);
+    if (send_to(worker, collective_tag_for(collective_tag::server_model))) queue_.expect(worker);
   }
 
   /// The next update from a worker that owes one (see arrival_queue.hpp).
@@ -208,14 +212,27 @@ class server_round {
       }
     }
     while (queue_.owing() > 0) {
-      const update u = take_message();
+      std::optional<update> u;
+      try {
+        u = take_message();
+      } catch (const transport_error&) {
+        // The last owing workers were lost: nothing is left to drain.
+        if (queue_.owing() > 0 || queue_.lost().empty()) throw;
+        break;
+      }
       ++counts_.dropped_at_end;
-      send_stop(u.worker, update_fate::dropped);
+      send_stop(u->worker, update_fate::dropped);
     }
     payload_bits.assign(static_cast<std::size_t>(workers()) + 1, 0);
     wire_bits.assign(static_cast<std::size_t>(workers()) + 1, 0);
     for (int w = 0; w < workers(); ++w) {
-      transport_.recv(w + 1, collective_tag_for(collective_tag::server_leaving), in_);
+      if (queue_.is_lost(w)) continue;
+      try {
+        transport_.recv(w + 1, collective_tag_for(collective_tag::server_leaving), in_);
+      } catch (const transport_error&) {
+        if (!lost_now(w)) throw;
+        continue;
+      }
       const worker_message_view m = read_worker_message(in_, w + 1, version_, max_bits_);
       if (m.kind != worker_message::leaving) {
         throw transport_error("parameter server: rank " + std::to_string(w + 1) +
@@ -224,6 +241,7 @@ class server_round {
       payload_bits[static_cast<std::size_t>(w) + 1] = m.first;
       wire_bits[static_cast<std::size_t>(w) + 1] = m.second;
     }
+    for (const int w : queue_.lost()) counts_.lost_workers.push_back(w + 1);
   }
 
  private:
@@ -262,9 +280,33 @@ class server_round {
   }
 
   void send_stop(int worker, update_fate fate) {
-    write_server_message(out_, server_message::stop, fate, version_, std::span<const T>(x_));
-    transport_.send(worker + 1, collective_tag_for(collective_tag::server_model), out_);
     stopped_workers_[static_cast<std::size_t>(worker)] = 1;
+    if (queue_.is_lost(worker)) return;
+    write_server_message(out_, server_message::stop, fate, version_, std::span<const T>(x_));
+    (void)send_to(worker, collective_tag_for(collective_tag::server_model));
+  }
+
+  // True when the transport reports the worker lost (it is then forgotten).
+  bool lost_now(int worker) {
+    if constexpr (PeerLossTransport<Tr>) {
+      if (transport_.peer_lost(worker + 1)) {
+        queue_.lose(worker);
+        return true;
+      }
+    }
+    return false;
+  }
+
+  // Sends out_ to a worker; false (and the worker forgotten) if it is lost.
+  bool send_to(int worker, message_tag tag) {
+    if (lost_now(worker)) return false;
+    try {
+      transport_.send(worker + 1, tag, out_);
+    } catch (const transport_error&) {
+      if (!lost_now(worker)) throw;
+      return false;
+    }
+    return true;
   }
 
   Tr& transport_;
