@@ -1,15 +1,18 @@
 #pragma once
 // The messages of the parameter-server algorithms (parameter_server.hpp).
-// Every field is little-endian; the server checks what a worker sends before
-// it uses it (a hostile or broken worker gets a transport_error naming it).
+// Header fields are little-endian; model values and summable payloads travel
+// as the host's IEEE 754 floats (little-endian on every platform ecopt
+// supports, as checkpoint.hpp asserts). The server checks what a worker sends
+// before it uses it (a broken or hostile worker gets a transport_error naming
+// it).
 //
 //   server -> worker (tag server_model):
 //     u32 kind (model | stop), u32 fate of the worker's last update,
 //     u64 version of the model, then the model: dim values of T
-//   worker -> server (tag server_update):
+//   worker -> server (tag server_update; a worker's last word, tag server_leaving):
 //     u32 kind (update | leaving), u32 zero, u64 version the gradient was taken
 //     at (leaving: the worker's payload bits), u64 payload bits (leaving: wire
-//     bits), then the compressor's payload
+//     bits), then the compressor's payload (or its summable floats)
 #include <bit>
 #include <cstddef>
 #include <cstdint>
