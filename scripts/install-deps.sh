@@ -6,7 +6,7 @@ set -euo pipefail
 
 packages=(
   g++ cmake ninja-build
-  libeigen3-dev libboost-dev zlib1g-dev
+  libeigen3-dev libboost-dev zlib1g-dev libssl-dev
   doctest-dev libbenchmark-dev
   libopenmpi-dev openmpi-bin
   dataset-fashion-mnist liblinear-tools

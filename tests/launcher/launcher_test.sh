@@ -21,8 +21,12 @@ expect_status 0 $? "three succeeding ranks"
 for r in 0 1 2; do
   expect_line "$out" "^\[rank $r\] env $r 3 127\.0\.0\.1:7000 token$" "environment of rank $r"
 done
-tokens=$(bash "$launch" -n 2 --addr 7000 -- bash -c 'echo "$ECOPT_JOB_TOKEN"' | sed 's/^\[rank .\] //' | sort -u | wc -l)
-[[ "$tokens" == 1 ]] || fail "ranks of one job got $tokens different job tokens"
+tokens=$(bash "$launch" -n 2 --addr 7000 -- bash -c 'echo "$ECOPT_JOB_TOKEN"' | sed 's/^\[rank .\] //' | sort -u)
+[[ $(wc -l <<<"$tokens") == 1 ]] || fail "ranks of one job got different job tokens: $tokens"
+# The token is the job's secret: 32 random bytes in hex, another one per launch.
+[[ "$tokens" =~ ^[0-9a-f]{64}$ ]] || fail "job token '$tokens' is not 64 hex digits"
+again=$(bash "$launch" -n 1 -- bash -c 'echo "$ECOPT_JOB_TOKEN"' | sed 's/^\[rank .\] //')
+[[ "$again" =~ ^[0-9a-f]{64}$ && "$again" != "$tokens" ]] || fail "two launches got job tokens '$tokens' and '$again'"
 
 # Port 0: rank 0 reports its port through ECOPT_PORT_FILE; the others start
 # with it in ECOPT_ADDR.

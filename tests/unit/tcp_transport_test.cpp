@@ -43,6 +43,7 @@
 #include "ecopt/collectives/broadcast.hpp"
 #include "ecopt/collectives/collective_workspace.hpp"
 #include "ecopt/error.hpp"
+#include "ecopt/transports/detail/tcp_auth.hpp"
 #include "ecopt/transports/tcp_transport.hpp"
 #include "ecopt/transports/thread_transport.hpp"
 #include "support/alloc_counter.hpp"
@@ -120,24 +121,48 @@ struct raw_peer {
     return {parsed, payload};
   }
 
-  /// Sends a hello as `rank` of `world` and returns rank 0's answer.
-  std::pair<wire::frame_header, std::vector<std::byte>> hello(int rank, int world,
-                                                              const std::string& token = "") {
-    const auto payload = wire::encode_hello({.world_size = static_cast<std::uint32_t>(world),
-                                             .rank = static_cast<std::uint32_t>(rank),
-                                             .token = wire::token_hash(token),
-                                             .listen_port = 9,
-                                             .host = "127.0.0.1"});
-    write_frame(
-        wire::make_header(wire::frame_kind::hello, static_cast<std::uint32_t>(rank), 0, payload),
-        payload);
-    return read_frame();
+  void send(wire::frame_kind kind, int rank, std::span<const std::byte> payload,
+            std::vector<std::byte>* record) {
+    const auto header = wire::make_header(kind, static_cast<std::uint32_t>(rank), 0, payload);
+    write_frame(header, payload);
+    if (record != nullptr) {
+      record->insert(record->end(), header.begin(), header.end());
+      record->insert(record->end(), payload.begin(), payload.end());
+    }
+  }
+
+  /// Runs the connecting side of the handshake (tcp_auth.hpp) as `rank` of
+  /// `world` with `token` against rank 0, and returns its last answer: the
+  /// verdict on the proof (with `await_verdict`), else the challenge or an
+  /// early reject. The frames written are appended to `record` if given.
+  std::pair<wire::frame_header, std::vector<std::byte>> handshake(
+      int rank, int world, const std::string& token = "", std::vector<std::byte>* record = nullptr,
+      bool await_verdict = true) {
+    namespace auth = ecopt::detail::tcp_auth;
+    auth::transcript t{.kind = wire::frame_kind::hello,
+                       .client_nonce = auth::fresh_nonce(),
+                       .server_nonce = {},
+                       .client_rank = static_cast<std::uint32_t>(rank),
+                       .server_rank = 0};
+    send(wire::frame_kind::hello, rank,
+         wire::encode_hello({.rank = static_cast<std::uint32_t>(rank), .nonce = t.client_nonce}),
+         record);
+    auto answer = read_frame();
+    if (answer.first.kind != wire::frame_kind::challenge) return answer;
+    t.server_nonce = wire::parse_challenge(answer.second).nonce;
+    wire::proof_payload proof{.proof = {},
+                              .world_size = static_cast<std::uint32_t>(world),
+                              .listen_port = 9,
+                              .host = "127.0.0.1"};
+    proof.proof = auth::connecting_proof(token, t, wire::encode_details(proof));
+    send(wire::frame_kind::proof, rank, wire::encode_proof(proof), record);
+    return await_verdict ? read_frame() : answer;
   }
 
   /// Joins a world of two as rank 1 (rank 0 then completes its rendezvous).
   void join_as_rank_1(std::uint16_t port) {
     connect(port);
-    const auto [h, payload] = hello(1, 2);
+    const auto [h, payload] = handshake(1, 2);
     REQUIRE(h.kind == wire::frame_kind::directory);
   }
 };
@@ -471,7 +496,8 @@ TEST_SUITE("tcp_transport") {
     wire::header_bytes flipped = good;
     flipped[13] ^= std::byte{0x01};
     CHECK(contains(error_of(flipped), "header checksum"));
-    CHECK(contains(error_of(resealed(4, std::byte{2})), "version 2"));
+    // A peer of the unauthenticated protocol (version 1) is refused.
+    CHECK(contains(error_of(resealed(4, std::byte{1})), "unsupported frame version 1"));
     CHECK(contains(error_of(resealed(5, std::byte{0})), "kind 0"));
     CHECK(contains(error_of(resealed(5, std::byte{99})), "kind 99"));
     CHECK(contains(error_of(resealed(6, std::byte{2})), "flags are 2"));
@@ -859,10 +885,11 @@ TEST_SUITE("tcp_transport") {
     CHECK(contains(wrong_world, "rank 1: tcp rendezvous failed: rank 0 (" + address +
                                     ") refused the handshake: world size 3 does not match rank 0's "
                                     "world size 2"));
-    CHECK(contains(join_error(2, "beta"), "refused the handshake: job token does not match"));
+    CHECK(contains(join_error(2, "beta"), "rank 1: tcp rendezvous failed: rank 0 (" + address +
+                                              ") could not prove it holds this job's token"));
     // Without the token a peer learns nothing of the job, not even its world size.
     const std::string stranger = join_error(3, "beta");
-    CHECK(contains(stranger, "refused the handshake: job token does not match"));
+    CHECK(contains(stranger, "could not prove it holds this job's token"));
     CHECK_FALSE(contains(stranger, "world size 2"));
 
     // Raw clients: a rank out of range, garbage, and one that never speaks
@@ -870,13 +897,7 @@ TEST_SUITE("tcp_transport") {
     raw_peer out_of_range;
     out_of_range.connect(p);
     {
-      const auto payload = wire::encode_hello({.world_size = 2,
-                                               .rank = 5,
-                                               .token = wire::token_hash("alpha"),
-                                               .listen_port = 9,
-                                               .host = ""});
-      out_of_range.write_frame(wire::make_header(wire::frame_kind::hello, 5, 0, payload), payload);
-      const auto [h, reason] = out_of_range.read_frame();
+      const auto [h, reason] = out_of_range.handshake(5, 2, "alpha");
       CHECK(h.kind == wire::frame_kind::reject);
       CHECK(contains(text_of(reason), "rank 5 is out of range for world size 2"));
     }
@@ -906,42 +927,129 @@ TEST_SUITE("tcp_transport") {
     CHECK(rank0_error.empty());
   }
 
-  TEST_CASE("a duplicate rank is refused; the world completes without it") {
+  TEST_CASE("a stranger without the token is refused and learns nothing of the job") {
+    // A raw stranger claims rank 1 with a wrong token. All it gets is rank
+    // 0's nonce and proof (64 bytes it cannot check) and a refusal that says
+    // nothing of the world; then the real rank 1 joins.
+    std::promise<std::uint16_t> port;
+    auto port_known = port.get_future();
+    std::string rank0_error = "unset";
+    std::thread rank0([&] {
+      try {
+        tcp_transport t({.rank = 0,
+                         .world_size = 2,
+                         .job_token = "alpha",
+                         .connect_timeout = 20s,
+                         .on_listening = [&](std::uint16_t p) { port.set_value(p); }});
+        rank0_error.clear();
+      } catch (const std::exception& e) {
+        rank0_error = e.what();
+      }
+    });
+    const std::uint16_t p = port_known.get();
+    raw_peer stranger;
+    stranger.connect(p);
+    const auto [challenge, challenge_bytes] = stranger.handshake(1, 2, "beta", nullptr, false);
+    const auto [verdict, reason] = stranger.read_frame();
+    CHECK(challenge.kind == wire::frame_kind::challenge);
+    CHECK(challenge_bytes.size() == wire::max_challenge_bytes);
+    CHECK(verdict.kind == wire::frame_kind::reject);
+    CHECK(text_of(reason) ==
+          "authentication failed: no proof of this job's token (a process of another job, a "
+          "different ECOPT_JOB_TOKEN, or a replayed handshake)");
+    std::string rank1_error = "unset";
+    try {
+      tcp_transport t({.rank = 1,
+                       .world_size = 2,
+                       .address = "127.0.0.1:" + std::to_string(p),
+                       .job_token = "alpha",
+                       .connect_timeout = 5s});
+      rank1_error.clear();
+    } catch (const std::exception& e) {
+      rank1_error = e.what();
+    }
+    rank0.join();
+    CHECK(rank0_error.empty());
+    CHECK(rank1_error.empty());
+  }
+
+  TEST_CASE("a replayed handshake is refused: the proof covers a fresh nonce") {
+    // Raw rank 1 joins a world of three with the right token while its bytes
+    // are recorded; an eavesdropper replays them on a new connection and is
+    // refused; raw rank 2 joins and rank 0 completes.
+    std::promise<std::uint16_t> port;
+    auto port_known = port.get_future();
+    std::string rank0_error = "unset";
+    std::thread rank0([&] {
+      try {
+        tcp_transport t({.rank = 0,
+                         .world_size = 3,
+                         .job_token = "alpha",
+                         .connect_timeout = 20s,
+                         .on_listening = [&](std::uint16_t p) { port.set_value(p); }});
+        rank0_error.clear();
+      } catch (const std::exception& e) {
+        rank0_error = e.what();
+      }
+    });
+    const std::uint16_t p = port_known.get();
+    raw_peer rank1;
+    rank1.connect(p);
+    std::vector<std::byte> recorded;
+    (void)rank1.handshake(1, 3, "alpha", &recorded, false);  // (rank 0 answers once all joined)
+    raw_peer replay;
+    replay.connect(p);
+    replay.write(recorded);  // hello and proof as they went over the wire
+    const auto [challenge, challenge_bytes] = replay.read_frame();
+    const auto [verdict, reason] = replay.read_frame();
+    CHECK(challenge.kind == wire::frame_kind::challenge);
+    CHECK(verdict.kind == wire::frame_kind::reject);
+    CHECK(contains(text_of(reason), "authentication failed"));
+    raw_peer rank2;
+    rank2.connect(p);
+    const auto [directory2, table2] = rank2.handshake(2, 3, "alpha");
+    const auto [directory1, table1] = rank1.read_frame();
+    rank1.socket.close();  // (rank 0 then closes at once)
+    rank2.socket.close();
+    rank0.join();
+    CHECK(directory1.kind == wire::frame_kind::directory);
+    CHECK(directory2.kind == wire::frame_kind::directory);
+    CHECK(rank0_error.empty());
+  }
+
+  TEST_CASE("a rank claimed twice fails both claimants and rank 0 at once") {
+    // Two processes hold the token and both start as rank 1 of 3: rank 0
+    // refuses both, saying why, and gives up itself -- before rank 2 comes,
+    // not at the connect timeout.
     std::promise<std::uint16_t> port;
     std::shared_future<std::uint16_t> port_known = port.get_future().share();
-    std::vector<std::string> errors(4, "unset");  // rank 0, rank 1 (A), rank 1 (B), rank 2
-    std::atomic<int> refused{0};
-    std::promise<void> one_refused;
+    std::vector<std::string> errors(3, "unset");  // rank 0, rank 1 (A), rank 1 (B)
     auto run_rank = [&](std::size_t slot, int rank) {
       try {
-        tcp_options o{.rank = rank, .world_size = 3, .connect_timeout = 20s};
+        tcp_options o{.rank = rank, .world_size = 3, .job_token = "alpha", .connect_timeout = 20s};
         if (rank == 0) {
           o.on_listening = [&](std::uint16_t p) { port.set_value(p); };
         } else {
           o.address = "127.0.0.1:" + std::to_string(port_known.get());
         }
         tcp_transport t(o);
-        collective_workspace ws;
-        ecopt::barrier(t, ws);
-        errors[slot].clear();
+        errors[slot] = "formed a world";
       } catch (const std::exception& e) {
         errors[slot] = e.what();
-        if (refused++ == 0) one_refused.set_value();
       }
     };
     std::vector<std::thread> threads;
     threads.emplace_back(run_rank, 0, 0);
     threads.emplace_back(run_rank, 1, 1);
     threads.emplace_back(run_rank, 2, 1);
-    // Rank 0 waits for rank 2, so one of the two rank 1s must be refused first.
-    REQUIRE(one_refused.get_future().wait_for(20s) == std::future_status::ready);
-    threads.emplace_back(run_rank, 3, 2);
     for (auto& t : threads) t.join();
-    CHECK(errors[0].empty());
-    CHECK(errors[3].empty());
-    CHECK(refused.load() == 1);
-    const std::string& loser = errors[1].empty() ? errors[2] : errors[1];
-    CHECK(contains(loser, "refused the handshake: duplicate rank 1: rank 1 is already connected"));
+    CAPTURE(errors[0]);
+    CHECK(contains(errors[0], "rank 0: tcp rendezvous failed: rank 1 was claimed twice, from "));
+    for (std::size_t slot : {1, 2}) {
+      CAPTURE(errors[slot]);
+      CHECK(contains(errors[slot], "rank 1: tcp rendezvous failed: rank 0 (127.0.0.1:"));
+      CHECK(contains(errors[slot], ") refused the handshake: rank 1 was claimed twice, from "));
+    }
   }
 
   TEST_CASE("a rendezvous that cannot complete times out listing what it refused") {

@@ -6,8 +6,9 @@
 // (every rank listens on its own ephemeral port and tells rank 0, which sends
 // everyone the table) or from an explicit host list, given in tcp_options or
 // by the environment (tcp_options::from_environment, scripts/ecopt-launch).
-// Handshakes check world size, rank and job token; wrong ones are refused
-// with a reason.
+// Every connection is authenticated by a mutual challenge-response over the
+// job token (HMAC-SHA-256, detail/tcp_auth.hpp) before world size and rank
+// are compared; wrong handshakes are refused with a reason.
 //
 // Frames (detail/tcp_wire.hpp): a 32-byte header with magic, version, kind,
 // sender, tag, length and CRC-32C checksums of header and payload. Every
@@ -108,7 +109,10 @@ struct tcp_options {
   /// `address` is used. "0.0.0.0" listens everywhere and is advertised as the
   /// address rank 0 sees.
   std::string listen_host = "127.0.0.1";
-  /// Ranks of one job share it; handshakes with another token are refused.
+  /// The job's shared secret: every connection proves it (HMAC-SHA-256 over
+  /// fresh nonces from both sides), so only processes that hold it can join
+  /// or claim a rank. Empty proves nothing: set a random one across machines
+  /// (scripts/ecopt-launch makes one per job).
   std::string job_token{};
   std::chrono::milliseconds timeout{60'000};          ///< longest wait of one recv (and of closing)
   std::chrono::milliseconds connect_timeout{60'000};  ///< longest rendezvous
@@ -399,7 +403,7 @@ class tcp_transport {
     detail::tcp_rendezvous_config cfg;
     cfg.rank = rank_;
     cfg.world = world_;
-    cfg.token = wire::token_hash(options.job_token);
+    cfg.token = options.job_token;
     cfg.directory_mode = directory_mode;
     if (directory_mode) {
       cfg.table.push_back(wire::parse_host_port(options.address, "tcp_options: address"));
@@ -1363,9 +1367,11 @@ class tcp_transport {
         mark_closed(j);
         return false;
       case frame_kind::abort:
+      case frame_kind::reject:  // (the rendezvous refused this rank after all: a rank claimed
+                                // twice)
         if (h.length > detail::tcp_wire::max_reason_length) {
-          protocol_failed(j, "abort frame length " + std::to_string(h.length) +
-                                 " bytes exceeds the maximum of " +
+          protocol_failed(j, std::string(detail::tcp_wire::kind_name(h.kind)) + " frame length " +
+                                 std::to_string(h.length) + " bytes exceeds the maximum of " +
                                  std::to_string(detail::tcp_wire::max_reason_length));
           return false;
         }
@@ -1421,10 +1427,14 @@ class tcp_transport {
       protocol_failed(j, e.what());
       return false;
     }
-    if (l.frame.kind == frame_kind::abort) {
+    if (l.frame.kind == frame_kind::abort || l.frame.kind == frame_kind::reject) {
       const std::string_view reason(reinterpret_cast<const char*>(l.body.data()), length);
-      read_failed(
-          j, "peer rank " + std::to_string(j) + " failed: " + detail::tcp_wire::printable(reason));
+      read_failed(j,
+                  "peer rank " + std::to_string(j) +
+                      (l.frame.kind == frame_kind::abort ? " failed: "
+                                                         : " refused this rank at the end of the "
+                                                           "rendezvous: ") +
+                      detail::tcp_wire::printable(reason));
       return false;
     }
     if (l.body_in_target) {

@@ -1,30 +1,35 @@
 #pragma once
-// The rendezvous of tcp_transport: how ranks find each other and open one
-// socket per pair (a full mesh).
+// The rendezvous of tcp_transport: how ranks find each other, prove that
+// they belong to the same job, and open one socket per pair (a full mesh).
 //
 // Directory mode (a rank-0 address): every rank listens on its own port
-// (rank 0 on the given address), connects to rank 0 and sends `hello` (world
-// size, rank, job token hash, its listening address). Rank 0 checks each
-// hello and, once every rank has joined, sends everyone the `directory` of
-// listening addresses; its hello sockets become its links. Then each rank r
-// connects to ranks 1..r-1 with `peer_hello` and accepts the connections of
-// ranks r+1..n-1, answering `peer_ack`.
+// (rank 0 on the given address) and connects to rank 0 with `hello`. Once
+// every rank has joined, rank 0 sends everyone the `directory` of listening
+// addresses; its hello sockets become its links. Then each rank r connects
+// to ranks 1..r-1 with `peer_hello` and accepts the connections of ranks
+// r+1..n-1, answering `peer_ack`.
 // Host-list mode: the directory is given up front; rank r connects to ranks
 // 0..r-1 and accepts ranks r+1..n-1.
 //
-// A connection whose handshake is wrong (bad frame, other world size, other
-// job token, rank out of range or already connected) is answered with a
-// `reject` frame naming the reason and closed; the rendezvous goes on (a
-// stray connection must not break a job) and lists the refusals if it later
-// times out. A rank that is refused fails at once with that reason.
+// Every connection first runs the mutual challenge-response of tcp_auth.hpp
+// over the job token (hello -> challenge -> proof); world size, ranks and
+// addresses are compared only after both sides have proved the token, so a
+// stranger learns nothing of the job. A connection whose handshake is wrong
+// (bad frame, no proof of the token, other world size, rank out of range)
+// is answered with a `reject` frame naming the reason and closed; the
+// rendezvous goes on (a stray connection must not break a job) and lists the
+// refusals if it later times out. A rank that is refused fails at once with
+// that reason. A rank claimed twice by processes that both hold the token
+// fails both claimants and this rank at once: one of them is not who it says.
+//
+// Strangers cannot hold the ranks out: each incoming connection must finish
+// its handshake within handshake_timeout, and at most max_pending wait at
+// once (a new one pushes out the oldest). Running out of file descriptors
+// ends the rendezvous at once, reported as such (retrying would not help).
 //
 // Everything runs as asynchronous operations on the transport's io_context,
 // driven by the constructing thread until done or the deadline; connections
 // are handled concurrently, so a silent or slow connection holds up no other.
-// Each incoming connection must complete its handshake within
-// handshake_timeout, and at most max_pending of them wait at once (a new one
-// pushes out the oldest), so strangers cannot hold the ranks out. Running out
-// of file descriptors ends the rendezvous at once, reported as such.
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -41,11 +46,14 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <span>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
 #include "ecopt/error.hpp"
+#include "ecopt/transports/detail/tcp_auth.hpp"
 #include "ecopt/transports/detail/tcp_wire.hpp"
 
 namespace ecopt::detail {
@@ -53,7 +61,7 @@ namespace ecopt::detail {
 struct tcp_rendezvous_config {
   int rank = 0;
   int world = 1;
-  std::uint64_t token = 0;
+  std::string token;  ///< the job token: the key of every proof
   bool directory_mode = true;
   /// Host-list mode: every rank's address. Directory mode: [0] is rank 0's
   /// address; the rest comes from rank 0's directory.
@@ -73,12 +81,13 @@ class tcp_rendezvous {
  public:
   using tcp = boost::asio::ip::tcp;
   using error_code = boost::system::error_code;
+  using frame_kind = tcp_wire::frame_kind;
 
   tcp_rendezvous(boost::asio::io_context& io, tcp::acceptor& acceptor, tcp_rendezvous_config cfg)
       : io_(io), acceptor_(acceptor), cfg_(std::move(cfg)), accept_timer_(io) {
     const auto n = static_cast<std::size_t>(cfg_.world);
     links_.resize(n);
-    reserved_.assign(n, false);
+    claimed_.resize(n);
     last_error_.assign(n, std::string());
     cfg_.table.resize(n);
   }
@@ -92,19 +101,27 @@ class tcp_rendezvous {
   std::vector<std::unique_ptr<tcp::socket>> run() {
     if (expects_incoming()) accept_next();
     if (cfg_.directory_mode) {
-      if (cfg_.rank != 0) connect_to(0, tcp_wire::frame_kind::hello);
+      if (cfg_.rank != 0) connect_to(0, frame_kind::hello);
     } else {
-      for (int j = 0; j < cfg_.rank; ++j) connect_to(j, tcp_wire::frame_kind::peer_hello);
+      for (int j = 0; j < cfg_.rank; ++j) connect_to(j, frame_kind::peer_hello);
     }
-    while (!done() && fatal_.empty() && std::chrono::steady_clock::now() < cfg_.deadline) {
+    while (std::chrono::steady_clock::now() < cfg_.deadline) {
+      // After a fatal error the rejects still go out (they say why).
+      if (fatal_.empty() ? done() : flushing_ == 0) break;
       if (io_.run_one_until(cfg_.deadline) == 0 && io_.stopped())
         break;  // nothing left to wait for
     }
     const bool ok = done() && fatal_.empty();
+    std::vector<std::unique_ptr<tcp::socket>> sockets(links_.size());
+    if (ok) {
+      for (std::size_t j = 0; j < links_.size(); ++j) {
+        if (links_[j]) sockets[j] = std::make_unique<tcp::socket>(std::move(links_[j]->socket));
+      }
+    }
     finish(ok);
     if (!fatal_.empty()) throw transport_error(prefix() + fatal_ + refusal_summary());
     if (!ok) throw transport_error(prefix() + timeout_summary() + refusal_summary());
-    return std::move(links_);
+    return sockets;
   }
 
  private:
@@ -119,8 +136,11 @@ class tcp_rendezvous {
     std::vector<std::byte> payload_out;
     std::string where;        // the remote address, for messages
     std::string remote_host;  // incoming: the peer's address as seen here
-    int peer = -1;            // outgoing: the rank connected to
+    int peer = -1;            // the rank at the other end (incoming: once authenticated)
     bool outgoing = false;
+    tcp_auth::transcript auth{};  // what the proofs cover
+    bool writing = false;         // a frame is being written
+    std::string reject_next;      // a reject to write once that is done
   };
   using conn_ptr = std::shared_ptr<connection>;
 
@@ -132,6 +152,7 @@ class tcp_rendezvous {
     return cfg_.directory_mode && cfg_.rank == 0;
   }
   [[nodiscard]] bool expects_incoming() const noexcept { return cfg_.rank < cfg_.world - 1; }
+  [[nodiscard]] std::uint32_t me() const noexcept { return static_cast<std::uint32_t>(cfg_.rank); }
 
   [[nodiscard]] bool done() const noexcept {
     if (pending_writes_ != 0) return false;
@@ -143,12 +164,6 @@ class tcp_rendezvous {
     return "rank " + std::to_string(cfg_.rank) + ": tcp rendezvous failed: ";
   }
 
-  conn_ptr new_connection() {
-    auto c = std::make_shared<connection>(io_);
-    connections_.push_back(c);
-    return c;
-  }
-
   /// Stops everything still in flight and runs the cancelled handlers, so
   /// that none of them is left in the io_context for the data phase.
   void finish(bool ok) {
@@ -156,27 +171,65 @@ class tcp_rendezvous {
     error_code ignored;
     acceptor_.close(ignored);
     accept_timer_.cancel();
-    for (auto& c : connections_) {
+    auto close = [&](const conn_ptr& c) {
+      if (!c) return;
       c->timer.cancel();
       if (c->socket.is_open()) c->socket.close(ignored);
-    }
-    for (auto& c : pending_) {
-      c->timer.cancel();
-      if (c->socket.is_open()) c->socket.close(ignored);
-    }
+    };
+    for (const auto& c : outgoing_) close(c);
+    for (const auto& c : pending_) close(c);
     if (!ok) {
-      for (auto& l : links_) {
-        if (l) l->close(ignored);
-      }
+      for (const auto& c : links_) close(c);
+      for (const auto& c : claimed_) close(c);
     }
     io_.restart();
     io_.run();
     io_.restart();
-    connections_.clear();
+    outgoing_.clear();
     pending_.clear();
+    links_.clear();
+    claimed_.clear();
   }
 
-  // --- incoming ----------------------------------------------------------------
+  // --- writing -----------------------------------------------------------------
+
+  /// Writes one frame on c (one at a time per connection) and calls then(ec).
+  template <class Then>
+  void write_frame(const conn_ptr& c, frame_kind kind, std::vector<std::byte> payload, Then then) {
+    c->payload_out = std::move(payload);
+    c->header_out = tcp_wire::make_header(kind, me(), 0, c->payload_out);
+    c->writing = true;
+    boost::asio::async_write(
+        c->socket,
+        std::array{boost::asio::buffer(c->header_out), boost::asio::buffer(c->payload_out)},
+        [this, c, then](const error_code& ec, std::size_t) {
+          c->writing = false;
+          if (finished_) return;
+          then(ec);
+          if (!c->reject_next.empty() && !c->writing) send_reject(c, std::move(c->reject_next));
+        });
+  }
+
+  /// Tells the other end why this connection ends, then closes it.
+  void send_reject(const conn_ptr& c, std::string reason) {
+    if (c->writing) {
+      c->reject_next = std::move(reason);
+      return;
+    }
+    c->reject_next.clear();
+    reason.resize(std::min(reason.size(), tcp_wire::max_reason_length));
+    const auto* p = reinterpret_cast<const std::byte*>(reason.data());
+    ++flushing_;
+    write_frame(c, frame_kind::reject, std::vector<std::byte>(p, p + reason.size()),
+                [this, c](const error_code&) {
+                  --flushing_;
+                  error_code ignored;
+                  c->socket.shutdown(tcp::socket::shutdown_both, ignored);
+                  c->socket.close(ignored);
+                });
+  }
+
+  // --- incoming: the accepting side ------------------------------------------------
 
   void accept_next() {
     auto c = std::make_shared<connection>(io_);
@@ -205,9 +258,9 @@ class tcp_rendezvous {
       c->socket.set_option(tcp::no_delay(true), e);
       if (pending_.size() >= max_pending()) {
         // Make room: the oldest has had the longest to finish its handshake.
-        const conn_ptr oldest = pending_.front();
-        drop(oldest, "dropped unauthenticated, the oldest of " + std::to_string(pending_.size()) +
-                         " connections waiting for their handshake");
+        drop(pending_.front(), "dropped unauthenticated, the oldest of " +
+                                   std::to_string(pending_.size()) +
+                                   " connections waiting for their handshake");
       }
       pending_.push_back(c);
       c->timer.expires_after(cfg_.handshake_timeout);
@@ -217,10 +270,347 @@ class tcp_rendezvous {
                     " ms");
       });
       read_frame(c, tcp_wire::max_hello_bytes,
-                 [this, c](const tcp_wire::frame_header& h) { on_incoming(c, h); });
+                 [this, c](const tcp_wire::frame_header& h) { on_hello(c, h); });
       accept_next();
     });
   }
+
+  /// A claim (rank, nonce): answered with this rank's nonce and proof.
+  void on_hello(const conn_ptr& c, const tcp_wire::frame_header& h) {
+    const frame_kind expected = rank0_directory() ? frame_kind::hello : frame_kind::peer_hello;
+    if (h.kind != expected) {
+      throw transport_error(std::string("expected a ") + tcp_wire::kind_name(expected) +
+                            " frame, got a " + tcp_wire::kind_name(h.kind) + " frame");
+    }
+    const tcp_wire::hello_payload hello = tcp_wire::parse_hello(c->payload_in);
+    if (hello.rank != h.sender) {
+      throw transport_error("the frame header says sender " + std::to_string(h.sender) +
+                            " but the payload says rank " + std::to_string(hello.rank));
+    }
+    c->auth = {.kind = h.kind,
+               .client_nonce = hello.nonce,
+               .server_nonce = tcp_auth::fresh_nonce(),
+               .client_rank = hello.rank,
+               .server_rank = me()};
+    const tcp_wire::challenge_payload challenge{
+        .nonce = c->auth.server_nonce, .proof = tcp_auth::accepting_proof(cfg_.token, c->auth)};
+    write_frame(c, frame_kind::challenge, tcp_wire::encode_challenge(challenge),
+                [this, c](const error_code& ec) {
+                  if (ec) on_read_error(c, ec);
+                });
+    read_frame(c, std::max(tcp_wire::max_proof_bytes, tcp_wire::max_reason_length),
+               [this, c](const tcp_wire::frame_header& ph) { on_proof(c, ph); });
+  }
+
+  /// The connecting side's proof: checked before anything of the job is.
+  void on_proof(const conn_ptr& c, const tcp_wire::frame_header& h) {
+    if (h.kind == frame_kind::reject) {
+      throw transport_error("the connecting process refused this rank's proof: " +
+                            tcp_wire::printable(text_of(c->payload_in)));
+    }
+    if (h.kind != frame_kind::proof) {
+      throw transport_error(std::string("expected a proof frame, got a ") +
+                            tcp_wire::kind_name(h.kind) + " frame");
+    }
+    const tcp_wire::proof_payload proof = tcp_wire::parse_proof(c->payload_in);
+    const auto details = std::span<const std::byte>(c->payload_in).subspan(tcp_wire::mac_size);
+    if (h.sender != c->auth.client_rank ||
+        !tcp_auth::same(proof.proof, tcp_auth::connecting_proof(cfg_.token, c->auth, details))) {
+      throw transport_error(
+          "authentication failed: no proof of this job's token (a process of another job, a "
+          "different ECOPT_JOB_TOKEN, or a replayed handshake)");
+    }
+    // Authenticated: the job's details may be compared now.
+    if (proof.world_size != static_cast<std::uint32_t>(cfg_.world)) {
+      throw transport_error("world size " + std::to_string(proof.world_size) +
+                            " does not match rank " + std::to_string(cfg_.rank) + "'s world size " +
+                            std::to_string(cfg_.world));
+    }
+    if (c->auth.client_rank >= static_cast<std::uint32_t>(cfg_.world)) {
+      throw transport_error("rank " + std::to_string(c->auth.client_rank) +
+                            " is out of range for world size " + std::to_string(cfg_.world));
+    }
+    const auto j = static_cast<int>(c->auth.client_rank);
+    if (j == cfg_.rank) {
+      throw transport_error("duplicate rank " + std::to_string(j) +
+                            ": the connecting process claims this rank's own rank");
+    }
+    if (j < cfg_.rank) {
+      throw transport_error("rank " + std::to_string(j) + " must not connect to rank " +
+                            std::to_string(cfg_.rank) +
+                            " (lower ranks accept the connections of higher ones)");
+    }
+    if (rank0_directory() && proof.listen_port == 0) {
+      throw transport_error("hello announces listening port 0");
+    }
+    if (claimed_[static_cast<std::size_t>(j)]) {
+      claimed_twice(j, c);
+      return;
+    }
+    settle(c);
+    c->peer = j;
+    claimed_[static_cast<std::size_t>(j)] = c;
+    if (rank0_directory()) {
+      cfg_.table[static_cast<std::size_t>(j)] = {proof.host.empty() ? c->remote_host : proof.host,
+                                                 proof.listen_port};
+      links_[static_cast<std::size_t>(j)] = c;
+      if (++linked_ == cfg_.world - 1) send_directories();
+      return;
+    }
+    ++pending_writes_;
+    write_frame(c, frame_kind::peer_ack, {}, [this, c](const error_code& ec) {
+      --pending_writes_;
+      if (ec) {
+        fatal_ = "rank " + std::to_string(c->peer) + " (" + c->where +
+                 ") vanished during the handshake: " + ec.message();
+        return;
+      }
+      if (fatal_.empty()) {
+        links_[static_cast<std::size_t>(c->peer)] = c;
+        ++linked_;
+      }
+    });
+  }
+
+  /// Two processes that both hold the token claim rank j: one of them is not
+  /// who it says. Both are refused, and every rank that joined here learns
+  /// why this rank gives up (rather than wait out the connect timeout).
+  void claimed_twice(int j, const conn_ptr& second) {
+    const conn_ptr first = claimed_[static_cast<std::size_t>(j)];
+    const std::string why = "rank " + std::to_string(j) + " was claimed twice, from " +
+                            first->where + " and from " + second->where +
+                            ": two processes were started as rank " + std::to_string(j) +
+                            " (or the job token is known outside the job)";
+    settle(second);
+    claimed_.push_back(second);  // closed with the others at the end
+    note_refusal("connection from " + second->where + " refused: " + why);
+    for (const auto& c : claimed_) {
+      if (c) send_reject(c, why);
+    }
+    fatal_ = why;
+  }
+
+  void send_directories() {
+    cfg_.table[0] = {std::string(), cfg_.listen_port};
+    const std::vector<std::byte> directory = tcp_wire::encode_directory(cfg_.table);
+    directory_sent_ = true;
+    for (int j = 1; j < cfg_.world; ++j) {
+      ++pending_writes_;
+      write_frame(links_[static_cast<std::size_t>(j)], frame_kind::directory, directory,
+                  [this, j](const error_code& ec) {
+                    --pending_writes_;
+                    if (ec) {
+                      fatal_ = "rank " + std::to_string(j) +
+                               " closed its connection during the rendezvous: " + ec.message();
+                    }
+                  });
+    }
+  }
+
+  // --- the connecting side -----------------------------------------------------------
+
+  void connect_to(int j, frame_kind kind) {
+    auto c = std::make_shared<connection>(io_);
+    outgoing_.push_back(c);
+    c->outgoing = true;
+    c->peer = j;
+    const tcp_wire::peer_address& a = cfg_.table[static_cast<std::size_t>(j)];
+    c->where = tcp_wire::format_host_port(a.host, a.port);
+    if (a.port == 0) {
+      fatal_ = "rank " + std::to_string(j) + " has no listening port (" + c->where + ")";
+      return;
+    }
+    // Name resolution is synchronous: addresses are numeric or local names.
+    tcp::resolver resolver(io_);
+    error_code ec;
+    c->endpoints = resolver.resolve(a.host, std::to_string(a.port), ec);
+    if (ec) {
+      fatal_ = "cannot resolve the host of rank " + std::to_string(j) + " (" + c->where +
+               "): " + ec.message();
+      return;
+    }
+    try_connect(c, kind);
+  }
+
+  void try_connect(const conn_ptr& c, frame_kind kind) {
+    boost::asio::async_connect(
+        c->socket, c->endpoints, [this, c, kind](const error_code& ec, const tcp::endpoint&) {
+          if (finished_) return;
+          auto& last_error = last_error_[static_cast<std::size_t>(c->peer)];
+          if (ec) {
+            if (out_of_descriptors(ec)) {
+              fatal_ = descriptors_exhausted("connecting to rank " + std::to_string(c->peer), ec);
+              return;
+            }
+            // The peer may not be listening yet: retry until the deadline.
+            last_error = ec.message();
+            if (std::chrono::steady_clock::now() + retry_interval >= cfg_.deadline) return;
+            c->timer.expires_after(retry_interval);
+            c->timer.async_wait([this, c, kind](const error_code& e) {
+              if (!finished_ && !e) try_connect(c, kind);
+            });
+            return;
+          }
+          last_error.clear();
+          error_code e;
+          c->socket.set_option(tcp::no_delay(true), e);
+          c->auth = {.kind = kind,
+                     .client_nonce = tcp_auth::fresh_nonce(),
+                     .server_nonce = {},
+                     .client_rank = me(),
+                     .server_rank = static_cast<std::uint32_t>(c->peer)};
+          write_frame(c, kind,
+                      tcp_wire::encode_hello({.rank = me(), .nonce = c->auth.client_nonce}),
+                      [this, c](const error_code& wec) {
+                        if (wec) on_read_error(c, wec);
+                      });
+          read_frame(c, std::max(tcp_wire::max_challenge_bytes, tcp_wire::max_reason_length),
+                     [this, c](const tcp_wire::frame_header& h) { on_challenge(c, h); });
+        });
+  }
+
+  /// The accepting side's proof: checked, then answered with this rank's.
+  void on_challenge(const conn_ptr& c, const tcp_wire::frame_header& h) {
+    const int j = c->peer;
+    const std::string who = "rank " + std::to_string(j) + " (" + c->where + ")";
+    if (h.kind == frame_kind::reject) {
+      fatal_ = who + " refused the handshake: " + tcp_wire::printable(text_of(c->payload_in));
+      return;
+    }
+    if (h.kind != frame_kind::challenge) {
+      throw transport_error(std::string("expected a challenge frame, got a ") +
+                            tcp_wire::kind_name(h.kind) + " frame");
+    }
+    const tcp_wire::challenge_payload challenge = tcp_wire::parse_challenge(c->payload_in);
+    c->auth.server_nonce = challenge.nonce;
+    if (h.sender != static_cast<std::uint32_t>(j) ||
+        !tcp_auth::same(challenge.proof, tcp_auth::accepting_proof(cfg_.token, c->auth))) {
+      send_reject(c, "the job token does not match: rank " + std::to_string(cfg_.rank) +
+                         " could not verify this process's proof");
+      fatal_ = who +
+               " could not prove it holds this job's token (a process of another job there, or a "
+               "different ECOPT_JOB_TOKEN)";
+      return;
+    }
+    const bool hello = c->auth.kind == frame_kind::hello;
+    tcp_wire::proof_payload proof{.proof = {},
+                                  .world_size = static_cast<std::uint32_t>(cfg_.world),
+                                  .listen_port = hello ? cfg_.listen_port : std::uint16_t{0},
+                                  .host = hello ? cfg_.advertised_host : std::string()};
+    proof.proof = tcp_auth::connecting_proof(cfg_.token, c->auth, tcp_wire::encode_details(proof));
+    write_frame(c, frame_kind::proof, tcp_wire::encode_proof(proof),
+                [this, c](const error_code& ec) {
+                  if (ec) on_read_error(c, ec);
+                });
+    const std::uint64_t limit =
+        std::max(tcp_wire::max_directory_bytes(static_cast<std::size_t>(cfg_.world)),
+                 tcp_wire::max_reason_length);
+    read_frame(c, limit, [this, c](const tcp_wire::frame_header& rh) { on_reply(c, rh); });
+  }
+
+  /// The accepting side's verdict on this rank's proof.
+  void on_reply(const conn_ptr& c, const tcp_wire::frame_header& h) {
+    const int j = c->peer;
+    if (h.kind == frame_kind::reject) {
+      fatal_ = "rank " + std::to_string(j) + " (" + c->where +
+               ") refused the handshake: " + tcp_wire::printable(text_of(c->payload_in));
+      return;
+    }
+    if (cfg_.directory_mode && j == 0) {
+      if (h.kind != frame_kind::directory) {
+        throw transport_error(std::string("expected a directory frame, got a ") +
+                              tcp_wire::kind_name(h.kind) + " frame");
+      }
+      std::vector<tcp_wire::peer_address> table =
+          tcp_wire::parse_directory(c->payload_in, static_cast<std::size_t>(cfg_.world));
+      for (int i = 1; i < cfg_.world; ++i) {
+        cfg_.table[static_cast<std::size_t>(i)] = std::move(table[static_cast<std::size_t>(i)]);
+      }
+      links_[0] = c;
+      ++linked_;
+      for (int i = 1; i < cfg_.rank; ++i) connect_to(i, frame_kind::peer_hello);
+      return;
+    }
+    if (h.kind != frame_kind::peer_ack) {
+      throw transport_error(std::string("expected a peer_ack frame, got a ") +
+                            tcp_wire::kind_name(h.kind) + " frame");
+    }
+    if (!c->payload_in.empty()) {
+      throw transport_error("peer_ack frame with a payload of " +
+                            std::to_string(c->payload_in.size()) + " bytes");
+    }
+    links_[static_cast<std::size_t>(j)] = c;
+    ++linked_;
+  }
+
+  // --- frames ------------------------------------------------------------------
+
+  /// Reads one complete, checked frame into c->header_in / c->payload_in and
+  /// calls on_frame(header); a transport_error thrown by on_frame refuses the
+  /// connection (incoming) or ends the rendezvous (outgoing).
+  template <class OnFrame>
+  void read_frame(const conn_ptr& c, std::uint64_t limit, OnFrame on_frame) {
+    boost::asio::async_read(
+        c->socket, boost::asio::buffer(c->header_in),
+        [this, c, limit, on_frame](const error_code& ec, std::size_t) {
+          if (finished_) return;
+          if (ec) {
+            on_read_error(c, ec);
+            return;
+          }
+          tcp_wire::frame_header h;
+          try {
+            h = tcp_wire::parse_header(c->header_in, limit);
+          } catch (const transport_error& e) {
+            on_protocol_error(c, e.what());
+            return;
+          }
+          c->payload_in.resize(static_cast<std::size_t>(h.length));  // at most `limit`
+          boost::asio::async_read(c->socket, boost::asio::buffer(c->payload_in),
+                                  [this, c, h, on_frame](const error_code& e2, std::size_t) {
+                                    if (finished_) return;
+                                    if (e2) {
+                                      on_read_error(c, e2);
+                                      return;
+                                    }
+                                    try {
+                                      tcp_wire::check_payload(h, c->payload_in);
+                                      on_frame(h);
+                                    } catch (const transport_error& e) {
+                                      on_protocol_error(c, e.what());
+                                    }
+                                  });
+        });
+  }
+
+  static std::string_view text_of(const std::vector<std::byte>& bytes) {
+    return {reinterpret_cast<const char*>(bytes.data()), bytes.size()};
+  }
+
+  void on_protocol_error(const conn_ptr& c, const std::string& what) {
+    if (c->outgoing) {
+      fatal_ =
+          "rank " + std::to_string(c->peer) + " (" + c->where + ") broke the handshake: " + what;
+    } else if (settle(c)) {
+      note_refusal("connection from " + c->where + " refused: " + what);
+      send_reject(c, what);
+    }
+  }
+
+  void on_read_error(const conn_ptr& c, const error_code& ec) {
+    const std::string what = ec == boost::asio::error::eof ? "connection closed" : ec.message();
+    if (c->outgoing) {
+      if (fatal_.empty()) {
+        fatal_ = "rank " + std::to_string(c->peer) + " (" + c->where +
+                 ") closed the connection during the handshake: " + what;
+      }
+    } else if (settle(c)) {
+      note_refusal("connection from " + c->where +
+                   " closed before completing the handshake: " + what);
+    }
+  }
+
+  // --- incoming connections waiting for their handshake -----------------------------
 
   [[nodiscard]] std::size_t max_pending() const noexcept {
     return std::max(cfg_.max_pending, static_cast<std::size_t>(cfg_.world - 1 - cfg_.rank));
@@ -269,297 +659,6 @@ class tcp_rendezvous {
            " (pending handshakes) + 16 descriptors";
   }
 
-  void on_incoming(const conn_ptr& c, const tcp_wire::frame_header& h) {
-    const tcp_wire::frame_kind expected =
-        rank0_directory() ? tcp_wire::frame_kind::hello : tcp_wire::frame_kind::peer_hello;
-    if (h.kind != expected) {
-      throw transport_error(std::string("expected a ") + tcp_wire::kind_name(expected) +
-                            " frame, got a " + tcp_wire::kind_name(h.kind) + " frame");
-    }
-    const tcp_wire::hello_payload hello = tcp_wire::parse_hello(c->payload_in);
-    check_identity(hello, h.sender);
-    const auto j = static_cast<int>(hello.rank);
-    if (j >= cfg_.world) {
-      throw transport_error("rank " + std::to_string(j) + " is out of range for world size " +
-                            std::to_string(cfg_.world));
-    }
-    if (j == cfg_.rank) {
-      throw transport_error("duplicate rank " + std::to_string(j) +
-                            ": the connecting process claims this rank's own rank");
-    }
-    if (j < cfg_.rank) {
-      throw transport_error("rank " + std::to_string(j) + " must not connect to rank " +
-                            std::to_string(cfg_.rank) +
-                            " (lower ranks accept the connections of higher ones)");
-    }
-    if (reserved_[static_cast<std::size_t>(j)]) {
-      throw transport_error("duplicate rank " + std::to_string(j) + ": rank " + std::to_string(j) +
-                            " is already connected");
-    }
-    reserved_[static_cast<std::size_t>(j)] = true;
-    c->peer = j;
-    settle(c);
-    if (rank0_directory()) {
-      if (hello.listen_port == 0) throw transport_error("hello announces listening port 0");
-      cfg_.table[static_cast<std::size_t>(j)] = {hello.host.empty() ? c->remote_host : hello.host,
-                                                 hello.listen_port};
-      links_[static_cast<std::size_t>(j)] = std::make_unique<tcp::socket>(std::move(c->socket));
-      if (++linked_ == cfg_.world - 1) send_directories();
-      return;
-    }
-    c->payload_out = tcp_wire::encode_hello({.world_size = static_cast<std::uint32_t>(cfg_.world),
-                                             .rank = static_cast<std::uint32_t>(cfg_.rank),
-                                             .token = cfg_.token,
-                                             .listen_port = 0,
-                                             .host = {}});
-    c->header_out = tcp_wire::make_header(tcp_wire::frame_kind::peer_ack,
-                                          static_cast<std::uint32_t>(cfg_.rank), 0, c->payload_out);
-    ++pending_writes_;
-    boost::asio::async_write(
-        c->socket,
-        std::array{boost::asio::buffer(c->header_out), boost::asio::buffer(c->payload_out)},
-        [this, c](const error_code& ec, std::size_t) {
-          if (finished_) return;
-          --pending_writes_;
-          if (ec) {
-            fatal_ = "rank " + std::to_string(c->peer) + " (" + c->where +
-                     ") vanished during the handshake: " + ec.message();
-            return;
-          }
-          links_[static_cast<std::size_t>(c->peer)] =
-              std::make_unique<tcp::socket>(std::move(c->socket));
-          ++linked_;
-        });
-  }
-
-  /// Token, header sender and world size of a hello or ack must match this
-  /// job. The token first: a peer without it learns nothing of the job (not
-  /// even its world size) from the refusal.
-  void check_identity(const tcp_wire::hello_payload& hello, std::uint32_t sender) const {
-    if (hello.token != cfg_.token) {
-      throw transport_error("job token does not match rank " + std::to_string(cfg_.rank) +
-                            "'s (a process of another job, or a different ECOPT_JOB_TOKEN)");
-    }
-    if (hello.rank != sender) {
-      throw transport_error("the frame header says sender " + std::to_string(sender) +
-                            " but the payload says rank " + std::to_string(hello.rank));
-    }
-    if (hello.world_size != static_cast<std::uint32_t>(cfg_.world)) {
-      throw transport_error("world size " + std::to_string(hello.world_size) +
-                            " does not match rank " + std::to_string(cfg_.rank) + "'s world size " +
-                            std::to_string(cfg_.world));
-    }
-  }
-
-  void send_directories() {
-    cfg_.table[0] = {std::string(), cfg_.listen_port};
-    directory_ = tcp_wire::encode_directory(cfg_.table);
-    directory_header_ = tcp_wire::make_header(tcp_wire::frame_kind::directory, 0, 0, directory_);
-    directory_sent_ = true;
-    for (int j = 1; j < cfg_.world; ++j) {
-      ++pending_writes_;
-      boost::asio::async_write(
-          *links_[static_cast<std::size_t>(j)],
-          std::array{boost::asio::buffer(directory_header_), boost::asio::buffer(directory_)},
-          [this, j](const error_code& ec, std::size_t) {
-            if (finished_) return;
-            --pending_writes_;
-            if (ec) {
-              fatal_ = "rank " + std::to_string(j) +
-                       " closed its connection during the rendezvous: " + ec.message();
-            }
-          });
-    }
-  }
-
-  /// Refuses an incoming connection: records why, tells the peer, closes.
-  void refuse(const conn_ptr& c, const std::string& reason) {
-    if (!settle(c)) return;  // dropped meanwhile
-    note_refusal("connection from " + c->where + " refused: " + reason);
-    const std::string text = reason.substr(0, tcp_wire::max_reason_length);
-    c->payload_out.assign(reinterpret_cast<const std::byte*>(text.data()),
-                          reinterpret_cast<const std::byte*>(text.data()) + text.size());
-    c->header_out = tcp_wire::make_header(tcp_wire::frame_kind::reject,
-                                          static_cast<std::uint32_t>(cfg_.rank), 0, c->payload_out);
-    boost::asio::async_write(
-        c->socket,
-        std::array{boost::asio::buffer(c->header_out), boost::asio::buffer(c->payload_out)},
-        [c](const error_code&, std::size_t) {
-          error_code ignored;
-          c->socket.shutdown(tcp::socket::shutdown_both, ignored);
-          c->socket.close(ignored);
-        });
-  }
-
-  // --- outgoing ----------------------------------------------------------------
-
-  void connect_to(int j, tcp_wire::frame_kind kind) {
-    conn_ptr c = new_connection();
-    c->outgoing = true;
-    c->peer = j;
-    const tcp_wire::peer_address& a = cfg_.table[static_cast<std::size_t>(j)];
-    c->where = tcp_wire::format_host_port(a.host, a.port);
-    if (a.port == 0) {
-      fatal_ = "rank " + std::to_string(j) + " has no listening port (" + c->where + ")";
-      return;
-    }
-    // Name resolution is synchronous: addresses are numeric or local names.
-    tcp::resolver resolver(io_);
-    error_code ec;
-    c->endpoints = resolver.resolve(a.host, std::to_string(a.port), ec);
-    if (ec) {
-      fatal_ = "cannot resolve the host of rank " + std::to_string(j) + " (" + c->where +
-               "): " + ec.message();
-      return;
-    }
-    try_connect(c, kind);
-  }
-
-  void try_connect(const conn_ptr& c, tcp_wire::frame_kind kind) {
-    boost::asio::async_connect(
-        c->socket, c->endpoints, [this, c, kind](const error_code& ec, const tcp::endpoint&) {
-          if (finished_) return;
-          if (ec) {
-            if (out_of_descriptors(ec)) {
-              fatal_ = descriptors_exhausted("connecting to rank " + std::to_string(c->peer), ec);
-              return;
-            }
-            // The peer may not be listening yet: retry until the deadline.
-            last_error_[static_cast<std::size_t>(c->peer)] = ec.message();
-            if (std::chrono::steady_clock::now() + retry_interval >= cfg_.deadline) return;
-            c->timer.expires_after(retry_interval);
-            c->timer.async_wait([this, c, kind](const error_code& e) {
-              if (!finished_ && !e) try_connect(c, kind);
-            });
-            return;
-          }
-          last_error_[static_cast<std::size_t>(c->peer)].clear();
-          error_code e;
-          c->socket.set_option(tcp::no_delay(true), e);
-          const bool hello = kind == tcp_wire::frame_kind::hello;
-          c->payload_out =
-              tcp_wire::encode_hello({.world_size = static_cast<std::uint32_t>(cfg_.world),
-                                      .rank = static_cast<std::uint32_t>(cfg_.rank),
-                                      .token = cfg_.token,
-                                      .listen_port = hello ? cfg_.listen_port : std::uint16_t{0},
-                                      .host = hello ? cfg_.advertised_host : std::string()});
-          c->header_out =
-              tcp_wire::make_header(kind, static_cast<std::uint32_t>(cfg_.rank), 0, c->payload_out);
-          boost::asio::async_write(
-              c->socket,
-              std::array{boost::asio::buffer(c->header_out), boost::asio::buffer(c->payload_out)},
-              [this, c](const error_code& wec, std::size_t) {
-                if (finished_) return;
-                if (wec) {
-                  on_read_error(c, wec);
-                  return;
-                }
-                const std::uint64_t limit =
-                    std::max({tcp_wire::max_directory_bytes(static_cast<std::size_t>(cfg_.world)),
-                              tcp_wire::max_reason_length, tcp_wire::max_hello_bytes});
-                read_frame(c, limit,
-                           [this, c](const tcp_wire::frame_header& h) { on_reply(c, h); });
-              });
-        });
-  }
-
-  void on_reply(const conn_ptr& c, const tcp_wire::frame_header& h) {
-    const int j = c->peer;
-    const std::string who = "rank " + std::to_string(j) + " (" + c->where + ")";
-    if (h.kind == tcp_wire::frame_kind::reject) {
-      fatal_ = who + " refused the handshake: " +
-               tcp_wire::printable(std::string_view(
-                   reinterpret_cast<const char*>(c->payload_in.data()), c->payload_in.size()));
-      return;
-    }
-    if (cfg_.directory_mode && j == 0) {
-      if (h.kind != tcp_wire::frame_kind::directory) {
-        throw transport_error(std::string("expected a directory frame, got a ") +
-                              tcp_wire::kind_name(h.kind) + " frame");
-      }
-      std::vector<tcp_wire::peer_address> table =
-          tcp_wire::parse_directory(c->payload_in, static_cast<std::size_t>(cfg_.world));
-      for (int i = 1; i < cfg_.world; ++i) {
-        cfg_.table[static_cast<std::size_t>(i)] = std::move(table[static_cast<std::size_t>(i)]);
-      }
-      links_[0] = std::make_unique<tcp::socket>(std::move(c->socket));
-      ++linked_;
-      for (int i = 1; i < cfg_.rank; ++i) connect_to(i, tcp_wire::frame_kind::peer_hello);
-      return;
-    }
-    if (h.kind != tcp_wire::frame_kind::peer_ack) {
-      throw transport_error(std::string("expected a peer_ack frame, got a ") +
-                            tcp_wire::kind_name(h.kind) + " frame");
-    }
-    const tcp_wire::hello_payload ack = tcp_wire::parse_hello(c->payload_in);
-    if (ack.rank != static_cast<std::uint32_t>(j)) {
-      throw transport_error("the process there answered as rank " + std::to_string(ack.rank));
-    }
-    check_identity(ack, h.sender);
-    links_[static_cast<std::size_t>(j)] = std::make_unique<tcp::socket>(std::move(c->socket));
-    ++linked_;
-  }
-
-  // --- frames ------------------------------------------------------------------
-
-  /// Reads one complete, checked frame into c->header_in / c->payload_in and
-  /// calls on_frame(header); a transport_error thrown by on_frame refuses the
-  /// connection (incoming) or ends the rendezvous (outgoing).
-  template <class OnFrame>
-  void read_frame(const conn_ptr& c, std::uint64_t limit, OnFrame on_frame) {
-    boost::asio::async_read(c->socket, boost::asio::buffer(c->header_in),
-                            [this, c, limit, on_frame](const error_code& ec, std::size_t) {
-                              if (finished_) return;
-                              if (ec) {
-                                on_read_error(c, ec);
-                                return;
-                              }
-                              tcp_wire::frame_header h;
-                              try {
-                                h = tcp_wire::parse_header(c->header_in, limit);
-                              } catch (const transport_error& e) {
-                                on_protocol_error(c, e.what());
-                                return;
-                              }
-                              c->payload_in.resize(static_cast<std::size_t>(h.length));
-                              boost::asio::async_read(
-                                  c->socket, boost::asio::buffer(c->payload_in),
-                                  [this, c, h, on_frame](const error_code& e2, std::size_t) {
-                                    if (finished_) return;
-                                    if (e2) {
-                                      on_read_error(c, e2);
-                                      return;
-                                    }
-                                    try {
-                                      tcp_wire::check_payload(h, c->payload_in);
-                                      on_frame(h);
-                                    } catch (const transport_error& e) {
-                                      on_protocol_error(c, e.what());
-                                    }
-                                  });
-                            });
-  }
-
-  void on_protocol_error(const conn_ptr& c, const std::string& what) {
-    if (c->outgoing) {
-      fatal_ =
-          "rank " + std::to_string(c->peer) + " (" + c->where + ") broke the handshake: " + what;
-    } else {
-      refuse(c, what);
-    }
-  }
-
-  void on_read_error(const conn_ptr& c, const error_code& ec) {
-    const std::string what = ec == boost::asio::error::eof ? "connection closed" : ec.message();
-    if (c->outgoing) {
-      fatal_ = "rank " + std::to_string(c->peer) + " (" + c->where +
-               ") closed the connection during the handshake: " + what;
-    } else if (settle(c)) {
-      note_refusal("connection from " + c->where +
-                   " closed before completing the handshake: " + what);
-    }
-  }
-
   // --- messages ----------------------------------------------------------------
 
   [[nodiscard]] std::string timeout_summary() const {
@@ -568,7 +667,7 @@ class tcp_rendezvous {
     if (rank0_directory()) {
       std::string ranks;
       for (int j = 1; j < cfg_.world; ++j) {
-        if (!reserved_[static_cast<std::size_t>(j)])
+        if (!claimed_[static_cast<std::size_t>(j)])
           ranks += (ranks.empty() ? "" : ", ") + std::to_string(j);
       }
       if (!ranks.empty()) missing.push_back("no hello from rank(s) " + ranks);
@@ -583,7 +682,7 @@ class tcp_rendezvous {
           const std::string& last = last_error_[static_cast<std::size_t>(j)];
           if (!last.empty()) m += " (last error: " + last + ")";
           missing.push_back(std::move(m));
-        } else if (!reserved_[static_cast<std::size_t>(j)]) {
+        } else if (!claimed_[static_cast<std::size_t>(j)]) {
           missing.push_back("no connection from rank " + std::to_string(j));
         }
       }
@@ -606,18 +705,17 @@ class tcp_rendezvous {
   tcp::acceptor& acceptor_;
   tcp_rendezvous_config cfg_;
   boost::asio::steady_timer accept_timer_;
-  std::vector<std::unique_ptr<tcp::socket>> links_;
-  std::vector<bool> reserved_;           // incoming rank seen (duplicates are refused)
+  std::vector<conn_ptr> links_;          // by rank: the connection that became the link
+  std::vector<conn_ptr> claimed_;        // by rank: incoming, authenticated (then extras)
   std::vector<std::string> last_error_;  // per rank: why the last connect attempt failed
-  std::vector<conn_ptr> connections_;    // outgoing connections, to close at the end
+  std::vector<conn_ptr> outgoing_;       // connections this rank opened, to close at the end
   std::deque<conn_ptr> pending_;         // incoming, waiting for their handshake (oldest first)
   std::vector<std::string> refusals_;    // the first kept_refusals
   std::size_t refusal_count_ = 0;
-  std::vector<std::byte> directory_;
-  tcp_wire::header_bytes directory_header_{};
   std::string fatal_;
   int linked_ = 0;
   int pending_writes_ = 0;
+  int flushing_ = 0;  // rejects being written
   bool directory_sent_ = false;
   bool finished_ = false;
 };

@@ -1,10 +1,11 @@
 #pragma once
 // The wire format of tcp_transport: a fixed 32-byte frame header, the
-// handshake payloads, and "host:port" parsing. Everything is little-endian.
+// handshake payloads (their sequence: tcp_rendezvous.hpp), and "host:port"
+// parsing. Everything is little-endian.
 //
 // Frame header (offsets in bytes):
 //    0  u32  magic        0x50544345, the bytes "ECTP"
-//    4  u8   version      1
+//    4  u8   version      2 (1: the handshake before authentication)
 //    5  u8   kind         frame_kind
 //    6  u16  flags        bit 0: the payload is not checksummed (payload_crc 0);
 //                         the other bits are reserved (0)
@@ -17,6 +18,7 @@
 // header's own checksum (so a flipped bit is reported as such, not as a
 // strange field), then every field, and the length against its limit before
 // it allocates anything for the payload.
+#include <algorithm>
 #include <array>
 #include <charconv>
 #include <cstddef>
@@ -33,7 +35,7 @@
 namespace ecopt::detail::tcp_wire {
 
 inline constexpr std::uint32_t magic = 0x50544345u;  // "ECTP" in little-endian byte order
-inline constexpr std::uint8_t version = 1;
+inline constexpr std::uint8_t version = 2;
 inline constexpr std::size_t header_size = 32;
 /// Longest host name a handshake carries (DNS names are at most 253 bytes).
 inline constexpr std::size_t max_host_length = 255;
@@ -65,10 +67,12 @@ enum class frame_kind : std::uint8_t {
   hello = 2,       ///< rank -> rank 0: join the job (hello_payload)
   directory = 3,   ///< rank 0 -> rank: every rank's listening address (directory_payload)
   peer_hello = 4,  ///< higher rank -> lower rank: open the pair's connection (hello_payload)
-  peer_ack = 5,    ///< lower rank -> higher rank: connection accepted (hello_payload)
+  peer_ack = 5,    ///< lower rank -> higher rank: connection accepted (no payload)
   reject = 6,      ///< handshake refused; payload: the reason
   goodbye = 7,     ///< the sender closed its transport normally; nothing follows
   abort = 8,       ///< the sender failed; payload: the reason
+  challenge = 9,   ///< accepting side's nonce and proof (challenge_payload)
+  proof = 10,      ///< connecting side's proof and details (proof_payload)
 };
 
 [[nodiscard]] inline const char* kind_name(frame_kind k) noexcept {
@@ -89,6 +93,10 @@ enum class frame_kind : std::uint8_t {
       return "goodbye";
     case frame_kind::abort:
       return "abort";
+    case frame_kind::challenge:
+      return "challenge";
+    case frame_kind::proof:
+      return "proof";
   }
   return "unknown";
 }
@@ -191,7 +199,7 @@ inline void encode_header(const frame_header& h, header_bytes& out) noexcept {
                           " (this build speaks " + std::to_string(version) + ")");
   }
   const auto k = static_cast<unsigned>(p[5]);
-  if (k < static_cast<unsigned>(frame_kind::data) || k > static_cast<unsigned>(frame_kind::abort)) {
+  if (k < static_cast<unsigned>(frame_kind::data) || k > static_cast<unsigned>(frame_kind::proof)) {
     throw transport_error("unknown frame kind " + std::to_string(k));
   }
   const std::uint16_t flags = get_u16(p + 6);
@@ -241,27 +249,39 @@ inline void check_payload(const frame_header& h, std::span<const std::byte> payl
   check_payload_crc(h, payload.size(), crc32c(payload));
 }
 
-/// 64-bit FNV-1a of the job token: ranks compare hashes, so a token is never
-/// sent in clear (it names a job; it is not a secret or an authentication).
-[[nodiscard]] inline std::uint64_t token_hash(std::string_view token) noexcept {
-  std::uint64_t h = 14695981039346656037ull;
-  for (const char c : token) {
-    h ^= static_cast<unsigned char>(c);
-    h *= 1099511628211ull;
-  }
-  return h;
-}
+/// A fresh random nonce, and an HMAC-SHA-256 proof (tcp_auth.hpp).
+inline constexpr std::size_t nonce_size = 32;
+inline constexpr std::size_t mac_size = 32;
+using nonce_bytes = std::array<std::byte, nonce_size>;
+using mac_bytes = std::array<std::byte, mac_size>;
 
-/// Payload of hello, peer_hello and peer_ack frames.
+/// Payload of hello and peer_hello: the rank the sender claims and its nonce.
+/// Nothing of the job travels before both sides have proved the token.
 struct hello_payload {
-  std::uint32_t world_size = 0;
   std::uint32_t rank = 0;
-  std::uint64_t token = 0;
+  nonce_bytes nonce{};
+};
+
+inline constexpr std::size_t max_hello_bytes = 4 + nonce_size;
+
+/// Payload of challenge: the accepting side's nonce and its proof over both nonces.
+struct challenge_payload {
+  nonce_bytes nonce{};
+  mac_bytes proof{};
+};
+
+inline constexpr std::size_t max_challenge_bytes = nonce_size + mac_size;
+
+/// Payload of proof: the connecting side's proof, then its details (which
+/// the proof covers too: details_of()).
+struct proof_payload {
+  mac_bytes proof{};
+  std::uint32_t world_size = 0;
   std::uint16_t listen_port = 0;  ///< hello only: where the sender accepts its peers
   std::string host{};             ///< hello only: its listening host ("": the address rank 0 sees)
 };
 
-inline constexpr std::size_t max_hello_bytes = 4 + 4 + 8 + 2 + 2 + max_host_length;
+inline constexpr std::size_t max_proof_bytes = mac_size + 4 + 2 + 2 + max_host_length;
 
 /// Bounds checks for the handshake payload readers.
 class payload_reader {
@@ -273,6 +293,11 @@ class payload_reader {
   std::string text(std::size_t n) {
     const std::byte* p = take(n);
     return std::string(reinterpret_cast<const char*>(p), n);
+  }
+  template <std::size_t N>
+  void bytes(std::array<std::byte, N>& out) {
+    const std::byte* p = take(N);
+    std::copy(p, p + N, out.begin());
   }
   void expect_end() const {
     if (pos_ != bytes_.size()) {
@@ -313,33 +338,74 @@ inline void append_text(std::vector<std::byte>& out, std::string_view s) {
   out.insert(out.end(), p, p + s.size());
 }
 
+inline void append_bytes(std::vector<std::byte>& out, std::span<const std::byte> bytes) {
+  out.insert(out.end(), bytes.begin(), bytes.end());
+}
+
 [[nodiscard]] inline std::vector<std::byte> encode_hello(const hello_payload& h) {
   std::vector<std::byte> out;
   out.reserve(max_hello_bytes);
-  append_u32(out, h.world_size);
   append_u32(out, h.rank);
-  append_u64(out, h.token);
-  append_u16(out, h.listen_port);
-  const std::size_t n = h.host.size() < max_host_length ? h.host.size() : max_host_length;
-  append_u16(out, static_cast<std::uint16_t>(n));
-  append_text(out, std::string_view(h.host).substr(0, n));
+  append_bytes(out, h.nonce);
   return out;
 }
 
 [[nodiscard]] inline hello_payload parse_hello(std::span<const std::byte> bytes) {
   payload_reader r(bytes, "hello");
   hello_payload h;
-  h.world_size = r.u32();
   h.rank = r.u32();
-  h.token = r.u64();
-  h.listen_port = r.u16();
-  const std::uint16_t n = r.u16();
-  if (n > max_host_length) {
-    throw transport_error("hello payload host name of " + std::to_string(n) + " bytes is too long");
-  }
-  h.host = r.text(n);
+  r.bytes(h.nonce);
   r.expect_end();
   return h;
+}
+
+[[nodiscard]] inline std::vector<std::byte> encode_challenge(const challenge_payload& c) {
+  std::vector<std::byte> out;
+  out.reserve(max_challenge_bytes);
+  append_bytes(out, c.nonce);
+  append_bytes(out, c.proof);
+  return out;
+}
+
+[[nodiscard]] inline challenge_payload parse_challenge(std::span<const std::byte> bytes) {
+  payload_reader r(bytes, "challenge");
+  challenge_payload c;
+  r.bytes(c.nonce);
+  r.bytes(c.proof);
+  r.expect_end();
+  return c;
+}
+
+/// The details part of a proof payload: what follows the proof itself.
+[[nodiscard]] inline std::vector<std::byte> encode_details(const proof_payload& p) {
+  std::vector<std::byte> out;
+  append_u32(out, p.world_size);
+  append_u16(out, p.listen_port);
+  const std::size_t n = p.host.size() < max_host_length ? p.host.size() : max_host_length;
+  append_u16(out, static_cast<std::uint16_t>(n));
+  append_text(out, std::string_view(p.host).substr(0, n));
+  return out;
+}
+
+[[nodiscard]] inline std::vector<std::byte> encode_proof(const proof_payload& p) {
+  std::vector<std::byte> out(p.proof.begin(), p.proof.end());
+  append_bytes(out, encode_details(p));
+  return out;
+}
+
+[[nodiscard]] inline proof_payload parse_proof(std::span<const std::byte> bytes) {
+  payload_reader r(bytes, "proof");
+  proof_payload p;
+  r.bytes(p.proof);
+  p.world_size = r.u32();
+  p.listen_port = r.u16();
+  const std::uint16_t n = r.u16();
+  if (n > max_host_length) {
+    throw transport_error("proof payload host name of " + std::to_string(n) + " bytes is too long");
+  }
+  p.host = r.text(n);
+  r.expect_end();
+  return p;
 }
 
 /// One rank's listening address in rank 0's directory.
