@@ -171,6 +171,35 @@ std::string text_of(const std::vector<std::byte>& bytes) {
   return std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size());
 }
 
+/// Rank 0 constructed with `o` on a thread of its own, for peers driven by
+/// the test; `then` runs on it once the world is formed. error: "" or what
+/// it threw. Joined by join() or on destruction.
+struct rank0_thread {
+  std::promise<std::uint16_t> listening;
+  std::shared_future<std::uint16_t> port = listening.get_future().share();
+  std::string error = "rank 0 never finished";
+  std::thread thread;
+
+  explicit rank0_thread(tcp_options o, std::function<void(tcp_transport&)> then = {}) {
+    o.on_listening = [this](std::uint16_t p) { listening.set_value(p); };
+    thread = std::thread([this, o, then] {
+      try {
+        tcp_transport t(o);
+        if (then) then(t);
+        error.clear();
+      } catch (const std::exception& e) {
+        error = e.what();
+      }
+    });
+  }
+  rank0_thread(const rank0_thread&) = delete;
+  rank0_thread& operator=(const rank0_thread&) = delete;
+  ~rank0_thread() { join(); }
+  void join() {
+    if (thread.joinable()) thread.join();
+  }
+};
+
 /// Rank 0 of a world of two whose rank 1 is a raw_peer: the peer joins, runs
 /// `script`, and stays connected until rank 0's recv(1, 7) has ended. Returns
 /// rank 0's error ("" if the recv succeeded).
@@ -931,22 +960,8 @@ TEST_SUITE("tcp_transport") {
     // A raw stranger claims rank 1 with a wrong token. All it gets is rank
     // 0's nonce and proof (64 bytes it cannot check) and a refusal that says
     // nothing of the world; then the real rank 1 joins.
-    std::promise<std::uint16_t> port;
-    auto port_known = port.get_future();
-    std::string rank0_error = "unset";
-    std::thread rank0([&] {
-      try {
-        tcp_transport t({.rank = 0,
-                         .world_size = 2,
-                         .job_token = "alpha",
-                         .connect_timeout = 20s,
-                         .on_listening = [&](std::uint16_t p) { port.set_value(p); }});
-        rank0_error.clear();
-      } catch (const std::exception& e) {
-        rank0_error = e.what();
-      }
-    });
-    const std::uint16_t p = port_known.get();
+    rank0_thread rank0({.rank = 0, .world_size = 2, .job_token = "alpha", .connect_timeout = 20s});
+    const std::uint16_t p = rank0.port.get();
     raw_peer stranger;
     stranger.connect(p);
     const auto [challenge, challenge_bytes] = stranger.handshake(1, 2, "beta", nullptr, false);
@@ -969,7 +984,7 @@ TEST_SUITE("tcp_transport") {
       rank1_error = e.what();
     }
     rank0.join();
-    CHECK(rank0_error.empty());
+    CHECK(rank0.error.empty());
     CHECK(rank1_error.empty());
   }
 
@@ -977,22 +992,8 @@ TEST_SUITE("tcp_transport") {
     // Raw rank 1 joins a world of three with the right token while its bytes
     // are recorded; an eavesdropper replays them on a new connection and is
     // refused; raw rank 2 joins and rank 0 completes.
-    std::promise<std::uint16_t> port;
-    auto port_known = port.get_future();
-    std::string rank0_error = "unset";
-    std::thread rank0([&] {
-      try {
-        tcp_transport t({.rank = 0,
-                         .world_size = 3,
-                         .job_token = "alpha",
-                         .connect_timeout = 20s,
-                         .on_listening = [&](std::uint16_t p) { port.set_value(p); }});
-        rank0_error.clear();
-      } catch (const std::exception& e) {
-        rank0_error = e.what();
-      }
-    });
-    const std::uint16_t p = port_known.get();
+    rank0_thread rank0({.rank = 0, .world_size = 3, .job_token = "alpha", .connect_timeout = 20s});
+    const std::uint16_t p = rank0.port.get();
     raw_peer rank1;
     rank1.connect(p);
     std::vector<std::byte> recorded;
@@ -1014,7 +1015,7 @@ TEST_SUITE("tcp_transport") {
     rank0.join();
     CHECK(directory1.kind == wire::frame_kind::directory);
     CHECK(directory2.kind == wire::frame_kind::directory);
-    CHECK(rank0_error.empty());
+    CHECK(rank0.error.empty());
   }
 
   TEST_CASE("a rank claimed twice fails both claimants and rank 0 at once") {
@@ -1094,22 +1095,9 @@ TEST_SUITE("tcp_transport") {
     // A slow-loris stranger sends 10 bytes of a header and stalls. Rank 0
     // closes it after handshake_timeout (the read below sees the end), long
     // before its connect_timeout, and the real rank 1 then forms the world.
-    std::promise<std::uint16_t> port;
-    auto port_known = port.get_future();
-    std::string rank0_error = "unset";
-    std::thread rank0([&] {
-      try {
-        tcp_transport t({.rank = 0,
-                         .world_size = 2,
-                         .connect_timeout = 20s,
-                         .handshake_timeout = 300ms,
-                         .on_listening = [&](std::uint16_t p) { port.set_value(p); }});
-        rank0_error.clear();
-      } catch (const std::exception& e) {
-        rank0_error = e.what();
-      }
-    });
-    const std::uint16_t p = port_known.get();
+    rank0_thread rank0(
+        {.rank = 0, .world_size = 2, .connect_timeout = 20s, .handshake_timeout = 300ms});
+    const std::uint16_t p = rank0.port.get();
     raw_peer loris;
     loris.connect(p);
     const auto header = wire::make_header(wire::frame_kind::hello, 1, 0, {});
@@ -1131,30 +1119,19 @@ TEST_SUITE("tcp_transport") {
     rank0.join();
     CAPTURE(ec.message());
     CHECK(closed);
-    CHECK(rank0_error.empty());
+    CHECK(rank0.error.empty());
     CHECK(rank1_error.empty());
   }
 
   TEST_CASE("connections beyond max_pending_handshakes push out the oldest; the world forms") {
     // 20 idle strangers against a cap of 4 (and a long handshake deadline):
     // rank 0 closes the oldest 16 as the newer ones come, then rank 1 joins.
-    std::promise<std::uint16_t> port;
-    auto port_known = port.get_future();
-    std::string rank0_error = "unset";
-    std::thread rank0([&] {
-      try {
-        tcp_transport t({.rank = 0,
-                         .world_size = 2,
-                         .connect_timeout = 20s,
-                         .handshake_timeout = 20s,
-                         .max_pending_handshakes = 4,
-                         .on_listening = [&](std::uint16_t p) { port.set_value(p); }});
-        rank0_error.clear();
-      } catch (const std::exception& e) {
-        rank0_error = e.what();
-      }
-    });
-    const std::uint16_t p = port_known.get();
+    rank0_thread rank0({.rank = 0,
+                        .world_size = 2,
+                        .connect_timeout = 20s,
+                        .handshake_timeout = 20s,
+                        .max_pending_handshakes = 4});
+    const std::uint16_t p = rank0.port.get();
     std::vector<std::unique_ptr<raw_peer>> flood;
     for (int i = 0; i < 20; ++i) {
       flood.push_back(std::make_unique<raw_peer>());
@@ -1179,7 +1156,7 @@ TEST_SUITE("tcp_transport") {
     }
     rank0.join();
     CHECK(closed == 16);
-    CHECK(rank0_error.empty());
+    CHECK(rank0.error.empty());
     CHECK(rank1_error.empty());
   }
 

@@ -22,16 +22,12 @@
 // that reason. A rank claimed twice by processes that both hold the token
 // fails both claimants and this rank at once: one of them is not who it says.
 //
-// Strangers cannot hold the ranks out: each incoming connection must finish
-// its handshake within handshake_timeout, and at most max_pending wait at
-// once (a new one pushes out the oldest). Running out of file descriptors
-// ends the rendezvous at once, reported as such (retrying would not help).
+// Strangers cannot hold the ranks out (tcp_handshake_gate.hpp): a handshake
+// deadline per incoming connection, at most max_pending waiting at once.
 //
 // Everything runs as asynchronous operations on the transport's io_context,
 // driven by the constructing thread until done or the deadline; connections
 // are handled concurrently, so a silent or slow connection holds up no other.
-#include <sys/resource.h>
-
 #include <algorithm>
 #include <array>
 #include <boost/asio/buffer.hpp>
@@ -44,7 +40,6 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
-#include <deque>
 #include <memory>
 #include <span>
 #include <string>
@@ -54,6 +49,7 @@
 
 #include "ecopt/error.hpp"
 #include "ecopt/transports/detail/tcp_auth.hpp"
+#include "ecopt/transports/detail/tcp_handshake_gate.hpp"
 #include "ecopt/transports/detail/tcp_wire.hpp"
 
 namespace ecopt::detail {
@@ -84,7 +80,12 @@ class tcp_rendezvous {
   using frame_kind = tcp_wire::frame_kind;
 
   tcp_rendezvous(boost::asio::io_context& io, tcp::acceptor& acceptor, tcp_rendezvous_config cfg)
-      : io_(io), acceptor_(acceptor), cfg_(std::move(cfg)), accept_timer_(io) {
+      : io_(io),
+        acceptor_(acceptor),
+        cfg_(std::move(cfg)),
+        accept_timer_(io),
+        gate_(std::max(cfg_.max_pending, static_cast<std::size_t>(cfg_.world - 1 - cfg_.rank)),
+              cfg_.handshake_timeout) {
     const auto n = static_cast<std::size_t>(cfg_.world);
     links_.resize(n);
     claimed_.resize(n);
@@ -119,34 +120,16 @@ class tcp_rendezvous {
       }
     }
     finish(ok);
-    if (!fatal_.empty()) throw transport_error(prefix() + fatal_ + refusal_summary());
-    if (!ok) throw transport_error(prefix() + timeout_summary() + refusal_summary());
+    if (!fatal_.empty()) throw transport_error(prefix() + fatal_ + gate_.summary());
+    if (!ok) throw transport_error(prefix() + timeout_summary() + gate_.summary());
     return sockets;
   }
 
  private:
-  struct connection {
-    explicit connection(boost::asio::io_context& io) : socket(io), timer(io) {}
-    tcp::socket socket;
-    boost::asio::steady_timer timer;  // connect retries; incoming: the handshake deadline
-    tcp::resolver::results_type endpoints;
-    tcp_wire::header_bytes header_in{};
-    std::vector<std::byte> payload_in;
-    tcp_wire::header_bytes header_out{};
-    std::vector<std::byte> payload_out;
-    std::string where;        // the remote address, for messages
-    std::string remote_host;  // incoming: the peer's address as seen here
-    int peer = -1;            // the rank at the other end (incoming: once authenticated)
-    bool outgoing = false;
-    tcp_auth::transcript auth{};  // what the proofs cover
-    bool writing = false;         // a frame is being written
-    std::string reject_next;      // a reject to write once that is done
-  };
+  using connection = tcp_handshake_connection;
   using conn_ptr = std::shared_ptr<connection>;
 
   static constexpr std::chrono::milliseconds retry_interval{25};
-  // Refusals kept for the timeout message (the count goes on beyond).
-  static constexpr std::size_t kept_refusals = 16;
 
   [[nodiscard]] bool rank0_directory() const noexcept {
     return cfg_.directory_mode && cfg_.rank == 0;
@@ -177,7 +160,7 @@ class tcp_rendezvous {
       if (c->socket.is_open()) c->socket.close(ignored);
     };
     for (const auto& c : outgoing_) close(c);
-    for (const auto& c : pending_) close(c);
+    gate_.close_all();
     if (!ok) {
       for (const auto& c : links_) close(c);
       for (const auto& c : claimed_) close(c);
@@ -186,7 +169,7 @@ class tcp_rendezvous {
     io_.run();
     io_.restart();
     outgoing_.clear();
-    pending_.clear();
+    gate_.clear();
     links_.clear();
     claimed_.clear();
   }
@@ -237,7 +220,7 @@ class tcp_rendezvous {
       if (finished_) return;
       if (ec) {
         if (out_of_descriptors(ec)) {
-          fatal_ = descriptors_exhausted("accepting a connection", ec);
+          fatal_ = descriptors_exhausted("accepting a connection", ec, gate_.max_pending());
           return;
         }
         // E.g. a connection reset before it was accepted: try again shortly.
@@ -256,19 +239,7 @@ class tcp_rendezvous {
         c->where = "an unknown address";
       }
       c->socket.set_option(tcp::no_delay(true), e);
-      if (pending_.size() >= max_pending()) {
-        // Make room: the oldest has had the longest to finish its handshake.
-        drop(pending_.front(), "dropped unauthenticated, the oldest of " +
-                                   std::to_string(pending_.size()) +
-                                   " connections waiting for their handshake");
-      }
-      pending_.push_back(c);
-      c->timer.expires_after(cfg_.handshake_timeout);
-      c->timer.async_wait([this, c](const error_code& te) {
-        if (finished_ || te) return;
-        drop(c, "no complete handshake within " + std::to_string(cfg_.handshake_timeout.count()) +
-                    " ms");
-      });
+      gate_.admit(c);
       read_frame(c, tcp_wire::max_hello_bytes,
                  [this, c](const tcp_wire::frame_header& h) { on_hello(c, h); });
       accept_next();
@@ -347,7 +318,7 @@ class tcp_rendezvous {
       claimed_twice(j, c);
       return;
     }
-    settle(c);
+    gate_.settle(c);
     c->peer = j;
     claimed_[static_cast<std::size_t>(j)] = c;
     if (rank0_directory()) {
@@ -381,9 +352,9 @@ class tcp_rendezvous {
                             first->where + " and from " + second->where +
                             ": two processes were started as rank " + std::to_string(j) +
                             " (or the job token is known outside the job)";
-    settle(second);
+    gate_.settle(second);
     claimed_.push_back(second);  // closed with the others at the end
-    note_refusal("connection from " + second->where + " refused: " + why);
+    gate_.note("connection from " + second->where + " refused: " + why);
     for (const auto& c : claimed_) {
       if (c) send_reject(c, why);
     }
@@ -439,7 +410,8 @@ class tcp_rendezvous {
           auto& last_error = last_error_[static_cast<std::size_t>(c->peer)];
           if (ec) {
             if (out_of_descriptors(ec)) {
-              fatal_ = descriptors_exhausted("connecting to rank " + std::to_string(c->peer), ec);
+              fatal_ = descriptors_exhausted("connecting to rank " + std::to_string(c->peer), ec,
+                                             gate_.max_pending());
               return;
             }
             // The peer may not be listening yet: retry until the deadline.
@@ -591,8 +563,8 @@ class tcp_rendezvous {
     if (c->outgoing) {
       fatal_ =
           "rank " + std::to_string(c->peer) + " (" + c->where + ") broke the handshake: " + what;
-    } else if (settle(c)) {
-      note_refusal("connection from " + c->where + " refused: " + what);
+    } else if (gate_.settle(c)) {
+      gate_.note("connection from " + c->where + " refused: " + what);
       send_reject(c, what);
     }
   }
@@ -604,59 +576,10 @@ class tcp_rendezvous {
         fatal_ = "rank " + std::to_string(c->peer) + " (" + c->where +
                  ") closed the connection during the handshake: " + what;
       }
-    } else if (settle(c)) {
-      note_refusal("connection from " + c->where +
-                   " closed before completing the handshake: " + what);
+    } else if (gate_.settle(c)) {
+      gate_.note("connection from " + c->where +
+                 " closed before completing the handshake: " + what);
     }
-  }
-
-  // --- incoming connections waiting for their handshake -----------------------------
-
-  [[nodiscard]] std::size_t max_pending() const noexcept {
-    return std::max(cfg_.max_pending, static_cast<std::size_t>(cfg_.world - 1 - cfg_.rank));
-  }
-
-  /// An incoming connection leaves the waiting list (its handshake completed
-  /// or failed); false if it had left already.
-  bool settle(const conn_ptr& c) {
-    const auto it = std::find(pending_.begin(), pending_.end(), c);
-    if (it == pending_.end()) return false;
-    pending_.erase(it);
-    c->timer.cancel();
-    return true;
-  }
-
-  /// Closes an incoming connection that is still waiting for its handshake.
-  void drop(const conn_ptr& c, const std::string& why) {
-    if (!settle(c)) return;
-    note_refusal("connection from " + c->where + " " + why);
-    error_code ignored;
-    c->socket.close(ignored);
-  }
-
-  void note_refusal(std::string text) {
-    if (refusals_.size() < kept_refusals) refusals_.push_back(std::move(text));
-    ++refusal_count_;
-  }
-
-  static bool out_of_descriptors(const error_code& ec) noexcept {
-    return ec == boost::asio::error::no_descriptors ||
-           ec == boost::system::errc::too_many_files_open_in_system;
-  }
-
-  /// EMFILE / ENFILE: retrying would not help and the timeout would blame a
-  /// missing rank, so the rendezvous ends saying what ran out.
-  [[nodiscard]] std::string descriptors_exhausted(const std::string& during,
-                                                  const error_code& ec) const {
-    rlimit limit{};
-    std::string allowed = "unknown";
-    if (::getrlimit(RLIMIT_NOFILE, &limit) == 0) {
-      allowed = limit.rlim_cur == RLIM_INFINITY ? "unlimited" : std::to_string(limit.rlim_cur);
-    }
-    return "out of file descriptors while " + during + " (" + ec.message() +
-           "; this process may open " + allowed +
-           ", see ulimit -n): a rank needs about world size + " + std::to_string(max_pending()) +
-           " (pending handshakes) + 16 descriptors";
   }
 
   // --- messages ----------------------------------------------------------------
@@ -692,15 +615,6 @@ class tcp_rendezvous {
     return s;
   }
 
-  [[nodiscard]] std::string refusal_summary() const {
-    if (refusals_.empty()) return {};
-    std::string s = " [refused " + std::to_string(refusal_count_) + " connection(s): ";
-    const std::size_t shown = std::min<std::size_t>(refusals_.size(), 5);
-    for (std::size_t i = 0; i < shown; ++i) s += (i ? "; " : "") + refusals_[i];
-    if (shown < refusal_count_) s += "; ...";
-    return s + "]";
-  }
-
   boost::asio::io_context& io_;
   tcp::acceptor& acceptor_;
   tcp_rendezvous_config cfg_;
@@ -709,9 +623,7 @@ class tcp_rendezvous {
   std::vector<conn_ptr> claimed_;        // by rank: incoming, authenticated (then extras)
   std::vector<std::string> last_error_;  // per rank: why the last connect attempt failed
   std::vector<conn_ptr> outgoing_;       // connections this rank opened, to close at the end
-  std::deque<conn_ptr> pending_;         // incoming, waiting for their handshake (oldest first)
-  std::vector<std::string> refusals_;    // the first kept_refusals
-  std::size_t refusal_count_ = 0;
+  tcp_handshake_gate gate_;              // incoming connections before their proof
   std::string fatal_;
   int linked_ = 0;
   int pending_writes_ = 0;
