@@ -103,9 +103,14 @@ void frame_seeds() {
 }
 
 void handshake_seeds() {
-  // A default hello: its fields change with the handshake, its encoding is what counts.
   write_seed("tcp_handshake", "hello",
-             cat({std::byte{0}, std::byte{0}}, wire::encode_hello(wire::hello_payload{})));
+             cat({std::byte{0}, std::byte{0}}, wire::encode_hello({.rank = 2, .nonce = {}})));
+  write_seed("tcp_handshake", "challenge",
+             cat({std::byte{4}, std::byte{0}}, wire::encode_challenge(wire::challenge_payload{})));
+  write_seed("tcp_handshake", "proof",
+             cat({std::byte{5}, std::byte{0}},
+                 wire::encode_proof(
+                     {.proof = {}, .world_size = 4, .listen_port = 4000, .host = "10.0.0.2"})));
   const std::vector<wire::peer_address> table = {
       {"127.0.0.1", 4000}, {"host-b", 4001}, {"::1", 4002}};
   write_seed("tcp_handshake", "directory",

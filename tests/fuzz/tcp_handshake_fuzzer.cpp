@@ -1,6 +1,7 @@
 // libFuzzer harness: tcp_transport's handshake payload parsers
-// (transports/detail/tcp_wire.hpp): hello, rank 0's directory, "host:port"
-// and the escaping of peer-supplied text. The first control byte picks the
+// (transports/detail/tcp_wire.hpp): hello, challenge and proof (the mutual
+// authentication), rank 0's directory, "host:port" and the escaping of
+// peer-supplied text. The first control byte picks the
 // parser, the second the world size a directory must list. A parser may
 // refuse the bytes only with transport_error (invalid_argument for
 // host:port); what it accepts must encode back to the same bytes, and
@@ -29,7 +30,7 @@ bool same(const std::vector<std::byte>& a, std::span<const std::byte> b) {
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   ecopt::fuzz::input in(data, size);
-  const std::uint8_t which = in.byte() % 4;
+  const std::uint8_t which = in.byte() % 6;
   const std::size_t world = 1 + in.byte();
   const std::span<const std::byte> bytes = in.rest();
   const std::string_view text(reinterpret_cast<const char*>(bytes.data()), bytes.size());
@@ -52,9 +53,19 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         }
         break;
       }
-      default:
+      case 3:
         for (const char c : wire::printable(text)) {
           if (c < 0x20 || c >= 0x7f) finding("printable() let a control byte through");
+        }
+        break;
+      case 4:
+        if (!same(wire::encode_challenge(wire::parse_challenge(bytes)), bytes)) {
+          finding("an accepted challenge does not encode back to itself");
+        }
+        break;
+      case 5:
+        if (!same(wire::encode_proof(wire::parse_proof(bytes)), bytes)) {
+          finding("an accepted proof does not encode back to itself");
         }
         break;
     }
