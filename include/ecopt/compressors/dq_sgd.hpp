@@ -3,8 +3,12 @@
 // trading the bits of the round against its share of the convergence error.
 // Yan, Huang, Lan, Song 2021, arXiv:2107.14575.
 //
-// The level rule (a reconstruction with the paper's structure; its constants
-// were not checked against the paper's body, see below). For an L-smooth,
+// Source of the level rule. The paper (abstract and introduction) states the
+// method: bound the convergence error of SGD with a quantiser of s_t levels,
+// then choose s_t every step to minimise the bits subject to that bound. Its
+// exact bound, normalisation and closed form were not available to us; what
+// follows is our reconstruction of a rule with that structure (derivation in
+// the project's notes, papers.md section 5), not the paper's formula. For an L-smooth,
 // mu-strongly convex objective, step size eta and rho = 1 - eta mu, the SGD
 // recursion bounds the part of F(w_T) - F* caused by quantisation by
 //   (L eta^2 / 2) sum_t rho^(T-1-t) q_t / n,   q_t = d G_t^2 / (4 s_t^2),
@@ -14,7 +18,8 @@
 // E_Q, the Lagrange conditions give every round the same share E_Q / T:
 //   s_t = ceil( sqrt( T L eta^2 d rho^(T-1-t) G_t^2 / (8 n E_Q) ) ),
 // clamped to [min_levels, max_levels]. Inputs:
-//   G_t^2    this worker's ||x||^2 (the vector it encodes; an extra pass);
+//   G_t^2    the derivation's (1/n) sum_i ||g_i||^2 with share_levels; without
+//            it each worker substitutes its own ||x||^2 (an extra pass);
 //   eta      ctx.lr (the optimizer's step size this round; 0 gives min_levels);
 //   t, n     ctx.round and ctx.world;
 //   T, L, mu, E_Q   the fields horizon, smoothness, strong_convexity, error_budget.
@@ -29,7 +34,21 @@
 // 1 + ceil(log2(s_t + 1)) bits per coordinate). Exactly
 //   16 + 32 * buckets + d (1 + ceil(log2(s_t + 1))) bits,
 // bounded by max_bits(d) at s_t = max_levels. A decoder rejects an s_t outside
-// [min_levels, max_levels]. Not summable (the levels differ per worker).
+// [min_levels, max_levels].
+//
+// share_levels (off by default): every worker quantises with the same s_t and
+// the same bucket norms, so that payloads sum in compressed form (the levels of
+// n workers add to integers in [-n s_t, n s_t] against one scale per bucket).
+// dq_sgd is an AggregatingCompressor for it: `aggregate` first allreduces the
+// workers' ||x||^2 (sum, one float: G_t^2 above is their mean) and their bucket
+// norms (max, one float per bucket), then encodes against the shared norms and
+// s_t. Each |x_j| is within the shared norm of its bucket, so the quantiser stays
+// unbiased; its variance grows with the shared norm (up to the largest worker's).
+// The payload keeps its format (the 16-bit s_t and the norms, now equal on
+// every rank), and the payloads still travel by allgather: ecopt's allreduce
+// sums float32, which would cost more than the packed levels. aggregate returns
+// the payload bits plus 32 (1 + buckets) for the two allreduces. Without
+// share_levels, aggregate is the plain allgather of payloads.
 //
 // Unbiased; omega for s levels and buckets of b is min(b / s^2, sqrt(b) / s)
 // (QSGD's bound). omega(d) declares the worst case over rounds, s = min_levels
@@ -49,14 +68,18 @@
 
 #include "ecopt/bit_reader.hpp"
 #include "ecopt/bit_writer.hpp"
+#include "ecopt/collectives/allreduce.hpp"
+#include "ecopt/collectives/collective_workspace.hpp"
 #include "ecopt/compressor.hpp"
 #include "ecopt/compressors/detail/bulk_uniforms.hpp"
+#include "ecopt/compressors/detail/gathered_exchange.hpp"
 #include "ecopt/compressors/detail/payload.hpp"
 #include "ecopt/compressors/detail/stochastic_levels.hpp"
 #include "ecopt/counter_rng.hpp"
 #include "ecopt/detail/span_checks.hpp"
 #include "ecopt/error.hpp"
 #include "ecopt/round_context.hpp"
+#include "ecopt/transport.hpp"
 
 namespace ecopt {
 
@@ -73,6 +96,7 @@ struct dq_sgd {
   std::uint32_t max_levels = level_limit;  ///< upper clamp of s_t (<= 2^15 - 1)
   std::size_t bucket_size = 0;             ///< coordinates per norm; 0 = the whole vector
   bool record_levels = true;               ///< keep levels_by_round (2 * horizon bytes)
+  bool share_levels = false;               ///< same s_t and bucket norms on every rank (aggregate)
 
   void validate() const {
     if (horizon == 0) throw invalid_argument("dq_sgd: horizon must be positive, got 0");
@@ -145,8 +169,11 @@ struct dq_sgd {
   template <class T>
   struct state {
     std::size_t dim = 0;
-    std::uint32_t last_levels = 0;               ///< s_t of the latest encode (0 = none yet)
-    std::vector<std::uint16_t> levels_by_round;  ///< s_t by round t < horizon (0 = not encoded)
+    std::uint32_t last_levels = 0;                 ///< s_t of the latest encode (0 = none yet)
+    std::vector<std::uint16_t> levels_by_round;    ///< s_t by round t < horizon (0 = not encoded)
+    std::vector<float> norms;                      ///< aggregate: bucket norms, max over ranks
+    std::vector<std::byte> payload;                ///< aggregate's own payload
+    std::vector<std::vector<std::byte>> gathered;  ///< aggregate's payloads of all ranks
     template <class Archive>
     void persist(Archive& a) {
       a("last_levels", last_levels);
@@ -159,22 +186,60 @@ struct dq_sgd {
     validate();
     detail::require_positive_dim(name, dim);
     return state<T>{
-        dim, 0, std::vector<std::uint16_t>(record_levels ? static_cast<std::size_t>(horizon) : 0)};
+        dim,
+        0,
+        std::vector<std::uint16_t>(record_levels ? static_cast<std::size_t>(horizon) : 0),
+        std::vector<float>(share_levels ? num_buckets(dim) : 0),
+        {},
+        {}};
   }
 
   template <class T>
   void encode(std::span<const T> x, state<T>& s, bit_writer& out, const round_context& ctx) const {
     detail::require_size(name, "input", x.size(), s.dim);
     const double norm_squared = detail::sum_squares(x);
-    const std::uint32_t levels = levels_for(norm_squared, s.dim, ctx);
-    detail::bulk_uniforms rng(counter_rng::stream(ctx.seed, stream_purpose::compression,
-                                                  static_cast<std::uint64_t>(ctx.rank), ctx.round));
-    out.write(levels, 16);
-    detail::encode_level_buckets(x, levels, bucket(s.dim), rng, out, "dq_sgd", norm_squared);
-    s.last_levels = levels;
-    if (ctx.round < s.levels_by_round.size()) {
-      s.levels_by_round[static_cast<std::size_t>(ctx.round)] = static_cast<std::uint16_t>(levels);
+    encode_at(x, s, out, ctx, levels_for(norm_squared, s.dim, ctx), norm_squared, {});
+  }
+
+  /// One round for every rank (AggregatingCompressor): with share_levels the
+  /// ranks first agree on G_t^2 and the bucket norms (header comment), then
+  /// every payload is allgathered and decoded. Returns this rank's payload
+  /// bits, plus 32 (1 + buckets) for the two allreduces when levels are shared.
+  template <Transport Tr, class T>
+  std::uint64_t aggregate(Tr& transport, std::span<const T> x, state<T>& s, std::span<T> own,
+                          std::span<T> sum, collective_workspace& workspace,
+                          const round_context& ctx) const {
+    detail::require_size(name, "input", x.size(), s.dim);
+    detail::require_size(name, "own", own.size(), s.dim);
+    detail::require_size(name, "sum", sum.size(), s.dim);
+    bit_writer writer(s.payload);
+    std::uint64_t collective_bits = 0;
+    if (!share_levels) {
+      encode(x, s, writer, ctx);
+    } else {
+      if (s.norms.size() != num_buckets(s.dim)) {
+        throw invalid_argument("dq_sgd: share_levels is set but the state was made without it");
+      }
+      const std::size_t b = bucket(s.dim);
+      float total = 0;  // sum over ranks of ||x||^2
+      for (std::size_t k = 0; k < s.norms.size(); ++k) {
+        const double sq = detail::sum_squares(x.subspan(k * b, std::min(b, s.dim - k * b)));
+        total += static_cast<float>(sq);
+        // A non-finite norm becomes +inf, which survives the max, so every rank
+        // throws in the encode below alike instead of leaving the others waiting.
+        s.norms[k] = std::isfinite(sq) ? detail::round_up_to_float(std::sqrt(sq)) : HUGE_VALF;
+      }
+      allreduce_sum(transport, std::span<float>(&total, 1), workspace);
+      allreduce_max(transport, std::span<float>(s.norms), workspace);
+      const double mean_squared = static_cast<double>(total) / static_cast<double>(ctx.world);
+      encode_at(x, s, writer, ctx, levels_for(mean_squared, s.dim, ctx), -1.0,
+                std::span<const float>(s.norms));
+      collective_bits = 32 * (1 + static_cast<std::uint64_t>(s.norms.size()));
     }
+    const std::uint64_t payload_bits = writer.bits();
+    const std::span<const std::byte> mine = writer.finish();
+    detail::gather_and_decode(*this, transport, s, mine, s.gathered, own, sum, ctx);
+    return payload_bits + collective_bits;
   }
 
   template <class T>
@@ -190,6 +255,22 @@ struct dq_sgd {
     detail::require_payload_bits(in, bits_at(levels, s.dim) - 16, "dq_sgd");
     detail::decode_level_buckets(in, out, scale, levels, bucket(s.dim), "dq_sgd");
     in.expect_end("dq_sgd");
+  }
+
+ private:
+  template <class T>
+  void encode_at(std::span<const T> x, state<T>& s, bit_writer& out, const round_context& ctx,
+                 std::uint32_t levels, double norm_squared,
+                 std::span<const float> bucket_norms) const {
+    detail::bulk_uniforms rng(counter_rng::stream(ctx.seed, stream_purpose::compression,
+                                                  static_cast<std::uint64_t>(ctx.rank), ctx.round));
+    out.write(levels, 16);
+    detail::encode_level_buckets(x, levels, bucket(s.dim), rng, out, "dq_sgd", norm_squared,
+                                 bucket_norms);
+    s.last_levels = levels;
+    if (ctx.round < s.levels_by_round.size()) {
+      s.levels_by_round[static_cast<std::size_t>(ctx.round)] = static_cast<std::uint16_t>(levels);
+    }
   }
 };
 

@@ -22,8 +22,21 @@
 //
 // The rounding draws use the same 16-bit uniforms as qsgd (one level, scale
 // s_B; detail/stochastic_levels.hpp), so the bias is below 2^-14 of s_B.
-// Left out: the paper's gradient clipping (biased) and scaler sharing (it needs
-// a max across workers before encoding).
+//
+// The paper's two options (Section 4), both off by default:
+//  - clip_sigmas = c > 0 (the paper's c = 2.5): each bucket's scale is
+//    min(max |x_B|, c sigma_B), sigma_B the standard deviation of x_B about its
+//    mean (the paper's sigma of a layer's gradient; buckets or per_block give
+//    layers). Coordinates beyond the scale round to +-scale with probability 1,
+//    which is exactly quantising the clipped vector. C(x) is then an unbiased
+//    estimate of clip(x), not of x: biased, and omega holds for clip(x) only.
+//  - share_scale: every rank uses, per bucket, the max of all ranks' scales
+//    (the paper's scaler sharing), found by one allreduce_max of the scales in
+//    `aggregate` before encoding; payloads keep their format (the scales, now
+//    equal on every rank, travel as before). aggregate returns the payload bits
+//    plus 32 per bucket for that allreduce.
+// terngrad is an AggregatingCompressor so that the option can be chosen at run
+// time: without share_scale, aggregate is the plain allgather of payloads.
 #include <algorithm>
 #include <array>
 #include <bit>
@@ -40,14 +53,18 @@
 
 #include "ecopt/bit_reader.hpp"
 #include "ecopt/bit_writer.hpp"
+#include "ecopt/collectives/allreduce.hpp"
+#include "ecopt/collectives/collective_workspace.hpp"
 #include "ecopt/compressor.hpp"
 #include "ecopt/compressors/detail/bulk_uniforms.hpp"
+#include "ecopt/compressors/detail/gathered_exchange.hpp"
 #include "ecopt/compressors/detail/payload.hpp"
 #include "ecopt/compressors/detail/stochastic_levels.hpp"
 #include "ecopt/counter_rng.hpp"
 #include "ecopt/detail/span_checks.hpp"
 #include "ecopt/error.hpp"
 #include "ecopt/round_context.hpp"
+#include "ecopt/transport.hpp"
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -75,6 +92,15 @@ struct terngrad {
   static constexpr std::string_view name = "terngrad";
 
   std::size_t bucket_size = 0;  ///< coordinates per scale; 0 = the whole vector
+  double clip_sigmas = 0;       ///< c: scales clipped to c * sigma per bucket (paper: 2.5); 0 = off
+  bool share_scale = false;     ///< every rank uses the max over ranks of each bucket's scale
+
+  void validate() const {
+    if (!(clip_sigmas >= 0) || !std::isfinite(clip_sigmas)) {
+      throw invalid_argument("terngrad: clip_sigmas = " + std::to_string(clip_sigmas) +
+                             " must be finite and non-negative (0 = no clipping)");
+    }
+  }
 
   /// Coordinates per bucket for dimension d (the last bucket may be shorter).
   [[nodiscard]] std::size_t bucket(std::size_t d) const noexcept {
@@ -100,7 +126,9 @@ struct terngrad {
   template <class T>
   struct state {
     std::size_t dim = 0;
-    std::vector<float> scales;  ///< one per bucket: the last payload encoded or decoded
+    std::vector<float> scales;       ///< one per bucket: the last payload encoded or decoded
+    std::vector<std::byte> payload;  ///< aggregate's own payload
+    std::vector<std::vector<std::byte>> gathered;  ///< aggregate's payloads of all ranks
     /// Nothing is carried from round to round.
     template <class Archive>
     void persist(Archive&) {}
@@ -108,25 +136,74 @@ struct terngrad {
 
   template <class T>
   [[nodiscard]] state<T> make_state(std::size_t dim) const {
+    validate();
     detail::require_positive_dim(name, dim);
-    return state<T>{dim, std::vector<float>(num_buckets(dim))};
+    return state<T>{dim, std::vector<float>(num_buckets(dim)), {}, {}};
   }
 
   template <class T>
   void encode(std::span<const T> x, state<T>& s, bit_writer& out, const round_context& ctx) const {
     detail::require_size(name, "input", x.size(), s.dim);
+    own_scales(x, s);
+    encode_at_scales(x, s, out, ctx);
+  }
+
+  /// One round for every rank (AggregatingCompressor): with share_scale the
+  /// ranks first agree on the max of each bucket's scale, then every payload is
+  /// allgathered and decoded. Returns this rank's payload bits, plus 32 per
+  /// bucket for the scales' allreduce when they are shared.
+  template <Transport Tr, class T>
+  std::uint64_t aggregate(Tr& transport, std::span<const T> x, state<T>& s, std::span<T> own,
+                          std::span<T> sum, collective_workspace& workspace,
+                          const round_context& ctx) const {
+    detail::require_size(name, "input", x.size(), s.dim);
+    detail::require_size(name, "own", own.size(), s.dim);
+    detail::require_size(name, "sum", sum.size(), s.dim);
+    own_scales(x, s);
+    // A non-finite scale is +inf here, so it survives the max and every rank
+    // throws in encode_at_scales alike instead of leaving the others waiting.
+    if (share_scale) allreduce_max(transport, std::span<float>(s.scales), workspace);
+    bit_writer writer(s.payload);
+    encode_at_scales(x, s, writer, ctx);
+    const std::uint64_t payload_bits = writer.bits();
+    const std::span<const std::byte> mine = writer.finish();
+    detail::gather_and_decode(*this, transport, s, mine, s.gathered, own, sum, ctx);
+    return payload_bits + (share_scale ? 32 * static_cast<std::uint64_t>(s.scales.size()) : 0);
+  }
+
+  /// s.scales := this rank's scale of every bucket (max |x_B|, clipped to
+  /// clip_sigmas * sigma_B when set); +inf for a bucket with a non-finite value.
+  template <class T>
+  void own_scales(std::span<const T> x, state<T>& s) const {
+    detail::require_size(name, "input", x.size(), s.dim);
+    const std::size_t d = s.dim;
+    const std::size_t b = bucket(d);
+    for (std::size_t k = 0; k < s.scales.size(); ++k) {
+      const std::size_t b0 = k * b;
+      const std::size_t n = std::min(b, d - b0);
+      double m = max_abs(x.data() + b0, n);
+      if (clip_sigmas > 0 && m != HUGE_VAL) {
+        m = std::min(m, clip_sigmas * standard_deviation(x.subspan(b0, n)));
+      }
+      s.scales[k] = detail::round_up_to_float(m);
+    }
+  }
+
+  /// The payload of x quantised against the scales in s.scales (each at least
+  /// the bucket's max |x| unless clipped); throws numeric_error for a
+  /// non-finite scale.
+  template <class T>
+  void encode_at_scales(std::span<const T> x, state<T>& s, bit_writer& out,
+                        const round_context& ctx) const {
+    detail::require_size(name, "input", x.size(), s.dim);
     const std::size_t d = s.dim;
     const std::size_t b = bucket(d);
     const T* xs = x.data();
     for (std::size_t k = 0; k < s.scales.size(); ++k) {
-      const std::size_t b0 = k * b;
-      const double m = max_abs(xs + b0, std::min(b, d - b0));
-      const float sf = detail::round_up_to_float(m);
-      if (!std::isfinite(sf)) {
+      if (!std::isfinite(s.scales[k])) {
         throw numeric_error("terngrad: max |x| over bucket " + std::to_string(k) +
                             " is not a finite float32 (non-finite or huge input)");
       }
-      s.scales[k] = sf;
     }
     out.write_f32s(s.scales);
 
@@ -296,6 +373,14 @@ struct terngrad {
     for (std::size_t i = 0; i < n; ++i) {
       out[i] += c * static_cast<T>(static_cast<int>(t[i] & 1) - static_cast<int>(t[i] >> 1));
     }
+  }
+
+  // Standard deviation about the mean, in double (the paper's sigma).
+  template <class T>
+  static double standard_deviation(std::span<const T> x) noexcept {
+    const auto n = static_cast<double>(x.size());
+    const double mean = detail::lane_sum(x, [](double v) { return v; }) / n;
+    return std::sqrt(detail::lane_sum(x, [mean](double v) { return (v - mean) * (v - mean); }) / n);
   }
 
   // max |x_i| in double; NaN propagates (the scale check rejects it).

@@ -260,10 +260,13 @@ void add_levels(const std::uint32_t* fields, std::size_t n, T step, T* out) noex
 /// bucket its L2 norm (float32, rounded up) and one field level << 1 | negative
 /// of 1 + ceil(log2(s + 1)) bits per coordinate. dq_sgd sends the same body.
 /// A caller that already has ||x||^2 passes it as `whole_squared` (used when
-/// one bucket covers x) to save a pass.
+/// one bucket covers x) to save a pass. A caller that quantises against norms
+/// agreed between workers passes them as `bucket_norms` (one per bucket, each
+/// at least the bucket's own norm, so every |x_j| / norm stays within 1).
 template <class T>
 void encode_level_buckets(std::span<const T> x, std::uint32_t s, std::size_t b, bulk_uniforms& rng,
-                          bit_writer& out, const char* who, double whole_squared = -1.0) {
+                          bit_writer& out, const char* who, double whole_squared = -1.0,
+                          std::span<const float> bucket_norms = {}) {
   const std::size_t d = x.size();
   const unsigned width = 1 + bits_for(static_cast<std::uint64_t>(s) + 1);
   const T* xs = x.data();
@@ -272,9 +275,12 @@ void encode_level_buckets(std::span<const T> x, std::uint32_t s, std::size_t b, 
   std::uint8_t fields8[level_block];  // fields of at most 8 bits (s <= 127)
   for (std::size_t b0 = 0; b0 < d; b0 += b) {
     const std::size_t n = std::min(b, d - b0);
-    const double norm = std::sqrt(
-        n == d && whole_squared >= 0 ? whole_squared : sum_squares(std::span<const T>(xs + b0, n)));
-    const float nf = round_up_to_float(norm);
+    const float nf =
+        !bucket_norms.empty()
+            ? bucket_norms[b0 / b]
+            : round_up_to_float(std::sqrt(n == d && whole_squared >= 0
+                                              ? whole_squared
+                                              : sum_squares(std::span<const T>(xs + b0, n))));
     if (!std::isfinite(nf)) {
       throw numeric_error(std::string(who) + ": the norm of bucket " + std::to_string(b0 / b) +
                           " is not a finite float32 (non-finite or huge input)");
