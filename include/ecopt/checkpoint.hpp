@@ -27,7 +27,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <istream>
+#include <map>
 #include <ostream>
 #include <span>
 #include <string>
@@ -173,7 +175,7 @@ class checkpoint {
                                "can hold");
       }
       r.take_bytes(rec.bytes, rec.count * width, ("record '" + rec.name + "''s values").c_str());
-      if (c.find(rec.name) != nullptr) {
+      if (!c.index_.emplace(rec.name, c.records_.size()).second) {
         throw checkpoint_error("checkpoint: record '" + rec.name + "' appears twice");
       }
       c.records_.push_back(std::move(rec));
@@ -215,11 +217,11 @@ class checkpoint {
            std::to_string(8 * (t & 0x0F)) + " values";
   }
 
+  // By name through the index: reading n records, or n lookups, costs
+  // O(n log n), not O(n^2) (a hostile file of many tiny records must not stall).
   const record* find(std::string_view name) const {
-    for (const record& r : records_) {
-      if (r.name == name) return &r;
-    }
-    return nullptr;
+    const auto at = index_.find(name);
+    return at == index_.end() ? nullptr : &records_[at->second];
   }
   const record& require(std::string_view name) const {
     const record* r = find(name);
@@ -232,9 +234,9 @@ class checkpoint {
     if (name.size() > max_name_length) {
       throw invalid_argument("checkpoint: a record name is longer than 4096 bytes");
     }
-    for (record& r : records_) {
-      if (r.name == name) return r;
-    }
+    const auto at = index_.find(name);
+    if (at != index_.end()) return records_[at->second];
+    index_.emplace(std::string(name), records_.size());
     records_.push_back({std::string(name), 0, 0, {}});
     return records_.back();
   }
@@ -292,6 +294,7 @@ class checkpoint {
   };
 
   std::vector<record> records_;
+  std::map<std::string, std::size_t, std::less<>> index_;  // name -> position in records_
 };
 
 namespace detail {

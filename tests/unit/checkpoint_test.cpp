@@ -9,6 +9,7 @@
 #include <Eigen/Core>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <span>
 #include <sstream>
@@ -209,6 +210,40 @@ TEST_CASE("truncated, corrupt and forged checkpoints are refused, never over-all
   CHECK(contains(ecopt::test::message_of<ecopt::checkpoint_error>(
                      [&] { (void)ecopt::checkpoint::read(forged_in); }),
                  "declares 1152921504606846976 values"));
+}
+
+TEST_CASE("many records read back by name, and a name written twice is refused") {
+  // Records are found through an index: 50,000 of them read back (a review
+  // found the reader comparing each name with every earlier one).
+  ecopt::checkpoint c;
+  constexpr int records = 50000;
+  for (int i = 0; i < records; ++i) c.put("r" + std::to_string(i), static_cast<std::int32_t>(i));
+  c.put("r7", std::int32_t{-7});  // replaces, does not add
+  std::stringstream file;
+  c.write(file);
+  const ecopt::checkpoint back = ecopt::checkpoint::read(file);
+  CHECK(back.get<std::int32_t>("r0") == 0);
+  CHECK(back.get<std::int32_t>("r7") == -7);
+  CHECK(back.get<std::int32_t>("r49999") == 49999);
+  CHECK_FALSE(back.contains("r50000"));
+  // The same file with record 1 renamed to record 0's name: refused by name.
+  ecopt::checkpoint twice;
+  twice.put("ab", std::int32_t{1});
+  twice.put("ac", std::int32_t{2});
+  std::stringstream out;
+  twice.write(out);
+  std::string bytes = out.str();
+  const auto second = bytes.find("ac");
+  REQUIRE(second != std::string::npos);
+  bytes[second + 1] = 'b';
+  // Re-seal the checksum so that only the duplicate is wrong.
+  const std::uint32_t crc = ecopt::detail::crc32c(std::span<const std::byte>(
+      reinterpret_cast<const std::byte*>(bytes.data()), bytes.size() - 4));
+  std::memcpy(bytes.data() + bytes.size() - 4, &crc, 4);
+  std::stringstream in(bytes);
+  CHECK(contains(
+      ecopt::test::message_of<ecopt::checkpoint_error>([&] { (void)ecopt::checkpoint::read(in); }),
+      "record 'ab' appears twice"));
 }
 
 TEST_CASE("a training loop resumed from a checkpoint ends bit for bit where it would have") {

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <span>
 #include <string>
 #include <vector>
@@ -132,6 +133,24 @@ TEST_CASE("per_block sends small blocks and blocks the compressor cannot shrink 
   const ecopt::per_block<ecopt::power_sgd> lenient{
       .compressor = {.rank = 2}, .layout = layout, .dense_below = 10, .min_gain = 1.5};
   CHECK_FALSE(lenient.plan(layout.end())[2].dense);
+}
+
+TEST_CASE("per_block refuses a non-finite summed value in a dense block (a fuzz finding)") {
+  // rand_k with a shared seed sums in compressed form; biases travel dense.
+  const ecopt::parameter_layout layout = small_mlp_layout();
+  const ecopt::per_block<ecopt::rand_k> p{.compressor = {.k = 8}, .layout = layout};
+  auto state = p.make_state<float>(layout.end());
+  std::vector<float> summed(p.summable_size(layout.end()), 0.0f);
+  std::vector<float> out(layout.end(), 0.0f);
+  const ecopt::round_context ctx{};
+  CHECK_NOTHROW(
+      p.decode_summed(std::span<const float>(summed), state, std::span<float>(out), 1.0f, ctx));
+  REQUIRE(p.plan(layout.end())[1].dense);
+  // The last float of the buffer belongs to the last (dense) block.
+  summed.back() = std::numeric_limits<float>::quiet_NaN();
+  CHECK_THROWS_WITH_AS(
+      p.decode_summed(std::span<const float>(summed), state, std::span<float>(out), 1.0f, ctx),
+      doctest::Contains("per_block summed value"), ecopt::decode_error);
 }
 
 TEST_CASE("per_block payload bits are exact per block") {

@@ -307,6 +307,8 @@ struct per_block {
       const planned_block& b = s.blocks[i];
       const std::span<T> oi = out.subspan(b.block.offset, b.block.size());
       if (b.dense) {
+        // Dense blocks carry raw floats: check them as no_compression does.
+        detail::require_finite(summed.subspan(at, oi.size()), "per_block summed value", at);
         for (std::size_t j = 0; j < oi.size(); ++j) oi[j] += scale * static_cast<T>(summed[at + j]);
         at += oi.size();
         continue;
