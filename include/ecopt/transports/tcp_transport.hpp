@@ -201,11 +201,20 @@ class tcp_transport : private detail::tcp_frame_reader {
       const std::string head = "rank " + std::to_string(rank_) + ": cannot send to rank " +
                                std::to_string(to) + " (tag " + detail::tag_text(tag) + "): ";
       if (failed_.load(std::memory_order_relaxed)) throw transport_error(head + failure_);
+      if (l.state == link_state::failed) throw transport_error(head + l.closed_reason);
       throw transport_error(head + "rank " + std::to_string(to) + " has closed its transport");
     }
     send_data(to, tag, data);
     bytes_sent_ += data.size();
     wire_bytes_sent_ += detail::tcp_wire::header_size + data.size();
+  }
+
+  /// True once `peer`'s link is no longer open: it failed (with
+  /// tolerate_lost_peers, only that link) or the peer closed its transport
+  /// (PeerLossTransport).
+  [[nodiscard]] bool peer_lost(int peer) const {
+    check_peer(peer, "peer_lost of");
+    return !links_[static_cast<std::size_t>(peer)]->usable.load(std::memory_order_acquire);
   }
 
   /// Replaces `into` with the next message from `from`, which must carry
@@ -538,5 +547,6 @@ class tcp_transport : private detail::tcp_frame_reader {
 static_assert(Transport<tcp_transport>);
 static_assert(RecvAnyTransport<tcp_transport>);
 static_assert(InPlaceRecvTransport<tcp_transport>);
+static_assert(PeerLossTransport<tcp_transport>);
 
 }  // namespace ecopt

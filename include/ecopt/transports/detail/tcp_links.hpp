@@ -46,7 +46,8 @@ class tcp_links {
         timeout_(options.timeout),
         max_message_(options.max_message_bytes),
         max_queued_(options.max_queued_bytes),
-        payload_checksum_(options.payload_checksum) {}
+        payload_checksum_(options.payload_checksum),
+        tolerate_lost_peers_(options.tolerate_lost_peers) {}
 
   ~tcp_links() {
     for (const int fd : {wake_write_fd_, notify_read_fd_, notify_write_fd_}) {
@@ -197,8 +198,10 @@ class tcp_links {
   }
 
   /// Marks link j failed and the world as failed (the first failure is the
-  /// one reported). Returns false if the link was no longer open.
-  bool fail_link(int j, const std::string& what) {
+  /// one reported) -- only the link when lost peers are tolerated, unless
+  /// `whole_world` (this rank's own failure). Returns false if the link was
+  /// no longer open.
+  bool fail_link(int j, const std::string& what, bool whole_world = false) {
     link& l = *links_[static_cast<std::size_t>(j)];
     {
       std::lock_guard lock(inbox_mutex_);
@@ -206,7 +209,7 @@ class tcp_links {
       l.state = link_state::failed;
       l.closed_reason = what;
       l.usable.store(false, std::memory_order_release);
-      if (!failed_.load(std::memory_order_relaxed)) {
+      if ((whole_world || !tolerate_lost_peers_) && !failed_.load(std::memory_order_relaxed)) {
         failure_ = what;
         failed_.store(true, std::memory_order_release);
       }
@@ -230,7 +233,7 @@ class tcp_links {
   void fail_all(const std::string& what) noexcept {
     try {
       for (int j = 0; j < world_; ++j) {
-        if (j != rank_) fail_link(j, what);
+        if (j != rank_) fail_link(j, what, true);
       }
     } catch (...) {
     }
@@ -242,6 +245,7 @@ class tcp_links {
   std::uint64_t max_message_;
   std::uint64_t max_queued_;
   bool payload_checksum_;
+  bool tolerate_lost_peers_;
   std::uint64_t bytes_sent_ = 0;
   std::uint64_t wire_bytes_sent_ = 0;
   std::uint16_t listen_port_ = 0;

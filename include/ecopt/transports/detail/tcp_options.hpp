@@ -70,6 +70,14 @@ struct tcp_options {
   /// busy; frames say whether they carry one, so ranks may differ here.
   /// Headers are always checksummed. (Environment: ECOPT_PAYLOAD_CHECKSUM=0.)
   bool payload_checksum = true;
+  /// A lost peer (its process died, its connection broke, it aborted) fails
+  /// only its own link: receives from it, sends to it and collectives with
+  /// it fail naming it, while recv_any goes on with the others and
+  /// peer_lost(rank) says it is gone -- what a parameter server needs to go
+  /// on without a dead worker (parameter_server.hpp). Off, the first lost
+  /// peer fails the whole world at once, which is what synchronous training
+  /// wants. (Environment: ECOPT_TOLERATE_LOST_PEERS=1.)
+  bool tolerate_lost_peers = false;
   /// Rank 0 (world_size > 1): called with the bound port once it listens,
   /// before it waits for the others (e.g. to share a port-0 address in tests).
   std::function<void(std::uint16_t)> on_listening{};
@@ -174,6 +182,9 @@ struct tcp_options {
     if (const char* v = std::getenv("ECOPT_JOB_TOKEN"); v != nullptr) o.job_token = v;
     if (const char* v = std::getenv("ECOPT_PAYLOAD_CHECKSUM"); v != nullptr && *v != '\0') {
       o.payload_checksum = env_integer("ECOPT_PAYLOAD_CHECKSUM", v, 0, 1) != 0;
+    }
+    if (const char* v = std::getenv("ECOPT_TOLERATE_LOST_PEERS"); v != nullptr && *v != '\0') {
+      o.tolerate_lost_peers = env_integer("ECOPT_TOLERATE_LOST_PEERS", v, 0, 1) != 0;
     }
     if (const char* v = std::getenv("ECOPT_TIMEOUT_MS"); v != nullptr) {
       o.timeout = std::chrono::milliseconds(env_integer("ECOPT_TIMEOUT_MS", v, 1, 1ll << 40));
