@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "command_line.hpp"
 #include "ecopt/ecopt.hpp"
@@ -106,6 +107,7 @@ int main(int argc, char** argv) try {
   const until_loss stop{s.target_loss, &last_loss};
   const auto start = std::chrono::steady_clock::now();
   std::uint64_t steps = 0, dropped = 0;
+  std::vector<int> lost;
   if (s.mode == "sync") {
     // The synchronous solver's loss is the mean of the workers' shard losses.
     const auto report =
@@ -122,6 +124,7 @@ int main(int argc, char** argv) try {
                                   : server.run(transport, timed, x, options);
     steps = report.steps;
     dropped = report.counts.dropped_late;
+    lost = report.counts.lost_workers;
   } else {
     const ecopt::parameter_server server{
         ecopt::no_compression{}, ecopt::no_compensation{}, ecopt::sgd{.lr = s.lr / workers},
@@ -134,16 +137,22 @@ int main(int argc, char** argv) try {
                                   : server.run(transport, timed, x, options);
     steps = report.steps;
     dropped = report.counts.dropped_stale;
+    lost = report.counts.lost_workers;
   }
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (rank == 0) {
+    std::string lost_text;
+    for (const int r : lost) {
+      lost_text += (lost_text.empty() ? ", lost ranks " : ", ") + std::to_string(r);
+    }
     std::printf(
-        "%-7s %d workers (worker %d %gx slower): %6.2f s, %6llu steps, loss %.4f%s, %llu dropped\n",
+        "%-7s %d workers (worker %d %gx slower): %6.2f s, %6llu steps, loss %.4f%s, %llu "
+        "dropped%s\n",
         s.mode.c_str(), workers, s.slow_worker, s.slow_factor, seconds,
         static_cast<unsigned long long>(steps), last_loss,
         last_loss <= s.target_loss ? "" : " (target not reached)",
-        static_cast<unsigned long long>(dropped));
+        static_cast<unsigned long long>(dropped), lost_text.c_str());
   }
   return EXIT_SUCCESS;
 } catch (const std::exception& e) {
