@@ -26,7 +26,9 @@
 #include "ecopt/compressors/no_compression.hpp"
 #include "ecopt/compressors/top_k.hpp"
 #include "ecopt/error.hpp"
+#include "ecopt/parameter_server.hpp"
 #include "ecopt/problems/least_squares.hpp"
+#include "ecopt/problems/quadratic.hpp"
 #include "ecopt/solver.hpp"
 #include "ecopt/transports/mpi_transport.hpp"
 #include "ecopt/transports/thread_transport.hpp"
@@ -303,6 +305,37 @@ TEST_CASE("a solver over MPI ends where the same run on threads ends") {
   CHECK((x_mpi - x_threads).cwiseAbs().maxCoeff() == 0.0);
   CHECK(initial_loss == doctest::Approx(initial_threads).epsilon(1e-13));
   CHECK(loss_mpi < 0.75 * initial_loss);  // and it did optimise
+}
+
+TEST_CASE("a parameter server over MPI ends where the same run on threads ends") {
+  // Backup workers with b = 0: the server sums the updates in worker order,
+  // so the order of arrival (MPI's or the threads') does not matter.
+  auto t = make_transport();
+  const int n = t.size();
+  const ecopt::parameter_server<ecopt::top_k, ecopt::error_feedback, ecopt::sgd,
+                                ecopt::backup_workers>
+      server{.compressor = {.ratio = 0.25}, .optimizer = {.lr = 0.05}};
+  const ecopt::run_options options{.steps = 40, .seed = 5};
+  const Eigen::MatrixXd identity = Eigen::MatrixXd::Identity(16, 16);  // the problems view it
+  auto run = [&](auto& transport) {
+    Eigen::VectorXd centre(16);
+    for (Eigen::Index i = 0; i < centre.size(); ++i) {
+      centre(i) = std::sin(0.3 * static_cast<double>(i + 7 * transport.rank()));
+    }
+    ecopt::quadratic<double> problem(identity, centre, {.noise = 0.1});
+    Eigen::VectorXd x = Eigen::VectorXd::Zero(16);
+    (void)server.run(transport, problem, x, options);
+    return x;
+  };
+  if (n == 1) {
+    CHECK_THROWS_AS(run(t), ecopt::invalid_argument);  // rank 0 serves: no worker
+    return;
+  }
+  const Eigen::VectorXd x_mpi = run(t);
+  const auto on_threads =
+      ecopt::run_threads(n, [&](ecopt::thread_transport& tt) { return run(tt); });
+  CHECK((x_mpi - on_threads[static_cast<std::size_t>(t.rank())]).cwiseAbs().maxCoeff() == 0.0);
+  CHECK(x_mpi.norm() > 0);
 }
 
 TEST_CASE("a peer's goodbye fails the recvs waiting for it and later sends to it") {
