@@ -30,6 +30,10 @@
 // With exact_round = false step 2 is skipped: sum gets the top-k estimates
 // themselves and own still gets x on that support. No index list travels: every
 // rank derives H and the update's support from identical data.
+// The paper keeps momentum on each worker and stops it on the coordinates
+// updated: compose with momentum_error_feedback (compensators/) and an optimizer
+// without momentum. error_feedback with heavy_ball momentum is momentum on the
+// aggregate instead, the paper's method only at momentum 0.
 //
 // Hashing. Column maps and signs depend on (round_context::seed, seed_salt)
 // only: they are the same on every rank and in every round, so sketches of
