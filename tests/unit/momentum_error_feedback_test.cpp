@@ -101,7 +101,7 @@ TEST_CASE("momentum_error_feedback: two rounds by hand, momentum stopped where s
   CHECK(std::vector<double>(v.begin(), v.end()) == std::vector<double>{3.5, 4, 0});
 }
 
-TEST_CASE("momentum_error_feedback: momentum outside [0, 1) is named") {
+TEST_CASE("momentum_error_feedback: a momentum below 0 or of 1 and more is named") {
   for (const double bad : {-0.1, 1.0, std::numeric_limits<double>::quiet_NaN()}) {
     CAPTURE(bad);
     std::string what;
