@@ -52,16 +52,17 @@ struct outcome {
   std::vector<int> lost;
 };
 
-/// Server + 4 workers over TCP; rank 3 dies at its 5th gradient.
+/// Server + 4 workers over TCP, `steps` model steps; rank 3 dies at its 5th
+/// gradient, early in the run.
 template <class Server>
-auto serve_with_a_death(const Server& server, bool tolerate) {
+auto serve_with_a_death(const Server& server, bool tolerate, std::uint64_t steps) {
   return ecopt::test::run_tcp(
       5,
       [&](ecopt::tcp_transport& t) {
         mortal_quadratic problem{Eigen::VectorXd::LinSpaced(dim, -1.0, 1.0),
                                  t.rank() == 3 ? 5u : 0u};
         Eigen::VectorXd x = Eigen::VectorXd::Zero(dim);
-        const auto report = server.run(t, problem, x, {.steps = 30, .seed = 2, .eval_every = 10});
+        const auto report = server.run(t, problem, x, {.steps = steps, .seed = 2});
         return outcome{x, report.steps, report.counts.lost_workers};
       },
       {.timeout = std::chrono::milliseconds(1500), .tolerate_lost_peers = tolerate});
@@ -72,7 +73,7 @@ auto serve_with_a_death(const Server& server, bool tolerate) {
 TEST_CASE("over TCP, a parameter server goes on without a worker that dies") {
   const ecopt::parameter_server backup{ecopt::top_k{.ratio = 0.5}, ecopt::error_feedback{},
                                        ecopt::sgd{.lr = 0.1}, ecopt::backup_workers{.backups = 1}};
-  const auto out = serve_with_a_death(backup, true);
+  const auto out = serve_with_a_death(backup, true, 30);
   REQUIRE(out.values[0].has_value());
   CHECK(out.values[0]->steps == 30);
   CHECK(out.values[0]->lost == std::vector<int>{3});
@@ -87,7 +88,8 @@ TEST_CASE("over TCP, a parameter server goes on without a worker that dies") {
 TEST_CASE("over TCP without tolerate_lost_peers, a dead worker fails the world, named") {
   const ecopt::parameter_server async{ecopt::no_compression{}, ecopt::no_compensation{},
                                       ecopt::sgd{.lr = 0.1}, ecopt::async_sgd{}};
-  const auto out = serve_with_a_death(async, false);
+  // 200 updates: the server is far from done when rank 3 dies.
+  const auto out = serve_with_a_death(async, false, 200);
   CHECK_FALSE(out.values[0].has_value());
   CHECK(out.errors[0].find("rank 3") != std::string::npos);
 }
